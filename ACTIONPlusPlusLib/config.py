@@ -1,0 +1,228 @@
+"""Presets and the resolved run configuration.
+
+Every hyperparameter of the paper's protocol lives here, as one flat dataclass so that each value can
+be overridden by name (``--set key=value`` on the CLI, ``"overrides"`` in a worker job).  A run writes
+the fully resolved config next to its checkpoints.  Defaults follow the decisions table at the top of
+``shared/spec/ACTION_PLUS_PLUS.md`` (D1-D15); the spec section is cited next to each group.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+PRESETS = ("acdc", "la")
+
+
+@dataclass
+class Config:
+    # --- task ---------------------------------------------------------------------------------
+    preset: str = "acdc"
+    dim: int = 2  # 2: slice-wise 2D U-Net, 3: V-Net on volumes
+    num_classes: int = 4
+    class_names: list[str] = field(default_factory=lambda: ["background", "RV", "Myo", "LV"])
+    # network input size: (H, W) for 2D, (X, Y, Z) for 3D
+    patch_size: list[int] = field(default_factory=lambda: [256, 256])
+    # intensity normalisation applied to images that do not come pre-normalised (generic layout,
+    # predict inputs): "minmax" to [0, 1] (ACDC, spec 2.1) or "zscore" (LA, spec 2.2)
+    normalization: str = "minmax"
+
+    # --- iterations (D1) ------------------------------------------------------------------------
+    pretrain_warmup_iterations: int = 5000  # global-only instance discrimination, fixed temperatures
+    pretrain_joint_iterations: int = 5000  # global + local + supervised, ATS temperatures
+    finetune_iterations: int = 20000
+
+    # --- batches (D12) ----------------------------------------------------------------------------
+    pretrain_labeled_batch: int = 4
+    pretrain_unlabeled_batch: int = 4
+    finetune_labeled_batch: int = 4
+    finetune_unlabeled_batch: int = 4
+
+    # --- optimisation (spec 4) --------------------------------------------------------------------
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    poly_power: float = 0.9
+    finetune_nesterov: bool = True
+    ema_decay: float = 0.99
+    grad_clip: float = 0.0  # 0 disables; not in the paper
+
+    # --- networks and heads (spec 3) -------------------------------------------------------------
+    base_channels: int = 16
+    latent_dim: int = 512  # global projector output (2D 512, 3D 128)
+    local_pool: int = 8  # pooled size of a local window (2D 8, 3D 4)
+    local_window: int = 64  # window edge in pixels (2D 64, 3D 20)
+    local_stride: int = 32  # window stride (2D 32, 3D 10)
+    local_window_depth: int = 0  # 3D only: window edge along Z (0 = local_window)
+    local_stride_depth: int = 0  # 3D only: stride along Z (0 = local_stride)
+    representation_dim: int = 128  # SAACL/AnCo feature size d (D6)
+
+    # --- instance discrimination (spec 5) --------------------------------------------------------
+    isd_queue_size: int = 36
+    warmup_tau_student: float = 0.1  # stage-1 fixed temperatures (spec 5.4)
+    warmup_tau_teacher: float = 0.01
+    weight_global: float = 1.0
+    weight_local: float = 1.0
+    local_intended_reshape: bool = True  # D9
+
+    # --- ATS, Eq. 6 (D2, D3) ----------------------------------------------------------------------
+    tau_min: float = 0.1
+    tau_max: float = 1.0
+    ats_periods: float = 1.0  # cosine periods per stage (paper: 1)
+
+    # --- fine-tuning losses (spec 6, D4, D10) ------------------------------------------------------
+    weight_sup: float = 1.0
+    weight_unsup: float = 1.0
+    weight_anco: float = 0.01
+    weight_saacl: float = 0.01
+    lambda_a: float = 0.2
+    strong_threshold: float = 0.97
+    weak_threshold: float = 0.7
+    anco_queries: int = 256
+    anco_negatives: int = 512
+    saacl_anchors_per_class: int = 256
+    saacl_queue_size: int = 12288
+    centroid_momentum: float = 0.1  # eta of Eq. 4
+    mix: str = "cutmix"  # "cutmix" | "classmix" | "none"
+
+    # --- augmentation (D7, D8, D14) --------------------------------------------------------------
+    geometric_augmentation: bool = True  # ACDC: rot90/flip or +-20 deg rotation; LA: rot90/flip
+    intensity_augmentation: bool = True
+
+    # --- runtime ------------------------------------------------------------------------------------
+    device: str = "auto"  # auto | cuda | cpu | cuda:N
+    amp: bool = True  # bf16 autocast for convolutions on CUDA; losses stay fp32
+    seed: int = 1337
+    log_every: int = 10  # iterations between progress events (the only host syncs of the loop)
+    checkpoint_every: int = 500
+    num_threads: int = 0  # torch CPU threads; 0 keeps torch's default
+    sync_batchnorm: bool = False  # torchrun only
+
+    # ------------------------------------------------------------------------------------------------
+    @property
+    def pretrain_iterations(self) -> int:
+        return self.pretrain_warmup_iterations + self.pretrain_joint_iterations
+
+    @property
+    def total_iterations(self) -> int:
+        return self.pretrain_iterations + self.finetune_iterations
+
+    @property
+    def foreground_names(self) -> list[str]:
+        return list(self.class_names[1:])
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Config":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown config keys: {', '.join(unknown)}")
+        cfg = cls(**data)
+        cfg.validate()
+        return cfg
+
+    def replace(self, **overrides: Any) -> "Config":
+        """A copy with ``overrides`` applied (strings are parsed to the field's type)."""
+        known = {f.name: f for f in fields(self)}
+        values = self.to_dict()
+        for key, value in overrides.items():
+            if key not in known:
+                raise ValueError(f"unknown config key {key!r}; known keys: {', '.join(sorted(known))}")
+            values[key] = _coerce(value, values[key], key)
+        cfg = Config(**values)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        if self.preset not in PRESETS:
+            raise ValueError(f"preset must be one of {PRESETS}, got {self.preset!r}")
+        if self.dim not in (2, 3):
+            raise ValueError(f"dim must be 2 or 3, got {self.dim}")
+        if len(self.patch_size) != self.dim:
+            raise ValueError(f"patch_size {self.patch_size} must have {self.dim} entries")
+        if len(self.class_names) != self.num_classes:
+            raise ValueError(f"class_names {self.class_names} must have num_classes={self.num_classes} entries")
+        factor = 16
+        if any(p % factor for p in self.patch_size):
+            raise ValueError(f"patch_size {self.patch_size} must be divisible by {factor} (4 poolings)")
+        if self.normalization not in ("minmax", "zscore"):
+            raise ValueError(f"normalization must be 'minmax' or 'zscore', got {self.normalization!r}")
+        if self.mix not in ("cutmix", "classmix", "none"):
+            raise ValueError(f"mix must be cutmix, classmix or none, got {self.mix!r}")
+        for name in ("pretrain_warmup_iterations", "pretrain_joint_iterations", "finetune_iterations"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0")
+        for name in ("pretrain_labeled_batch", "finetune_labeled_batch"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        if not 0 < self.tau_min <= self.tau_max:
+            raise ValueError("need 0 < tau_min <= tau_max")
+
+    def save(self, path: str | Path) -> None:
+        from .io_utils import atomic_write_text
+
+        atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Config":
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+def _coerce(value: Any, current: Any, key: str) -> Any:
+    if not isinstance(value, str):
+        return value
+    if isinstance(current, bool):
+        low = value.lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"{key}: expected a boolean, got {value!r}")
+    if isinstance(current, int):
+        return int(value)
+    if isinstance(current, float):
+        return float(value)
+    if isinstance(current, list):
+        parts = [p for p in value.replace("x", ",").split(",") if p.strip()]
+        if current and isinstance(current[0], int):
+            return [int(p) for p in parts]
+        return [p.strip() for p in parts]
+    return value
+
+
+def preset(name: str, **overrides: Any) -> Config:
+    """The paper's protocol for ``name`` ("acdc" or "la"), with ``overrides`` applied."""
+    name = name.lower()
+    if name == "acdc":
+        cfg = Config()  # the dataclass defaults are the ACDC protocol
+    elif name == "la":
+        cfg = Config(
+            preset="la",
+            dim=3,
+            num_classes=2,
+            class_names=["background", "LA"],
+            patch_size=[112, 112, 80],
+            normalization="zscore",
+            pretrain_warmup_iterations=2500,
+            pretrain_joint_iterations=2500,
+            finetune_iterations=15000,
+            pretrain_labeled_batch=1,
+            pretrain_unlabeled_batch=1,
+            finetune_labeled_batch=2,
+            finetune_unlabeled_batch=2,
+            latent_dim=128,
+            local_pool=4,
+            local_window=20,
+            local_stride=10,
+            warmup_tau_teacher=0.6,
+            mix="classmix",
+        )
+    else:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return cfg.replace(**overrides) if overrides else cfg
