@@ -1,0 +1,39 @@
+"""Shared fixtures. Real data lives in ../shared/data beside the checkout; tests that need it skip
+with a clear message when it is absent (a user's fresh clone has no ../shared)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("ACTIONPP_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+# Keep CPU tests quick and reproducible on the 2-core CI machine.
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data not found at {SHARED_DATA} (../shared/data is absent): skipped")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def acdc_root(shared_data: Path) -> Path:
+    root = shared_data / "ACDC"
+    if not root.is_dir():
+        pytest.skip(f"ACDC data not found at {root}: skipped")
+    return root
+
+
+@pytest.fixture(scope="session")
+def la_root(shared_data: Path) -> Path:
+    root = shared_data / "LA"
+    if not root.is_dir():
+        pytest.skip(f"LA data not found at {root}: skipped")
+    return root
