@@ -59,6 +59,9 @@ class Config:
     local_window_depth: int = 0  # 3D only: window edge along Z (0 = local_window)
     local_stride_depth: int = 0  # 3D only: stride along Z (0 = local_stride)
     representation_dim: int = 128  # SAACL/AnCo feature size d (D6)
+    # first layer of the representation head: 1 = per-scale 1x1 (exact, cheap; our default), 3 = the
+    # authors' 3x3 on the full-resolution concatenation (see models/heads.py)
+    representation_kernel: int = 1
 
     # --- instance discrimination (spec 5) --------------------------------------------------------
     isd_queue_size: int = 36
@@ -91,6 +94,13 @@ class Config:
     # --- augmentation (D7, D8, D14) --------------------------------------------------------------
     geometric_augmentation: bool = True  # ACDC: rot90/flip or +-20 deg rotation; LA: rot90/flip
     intensity_augmentation: bool = True
+    jitter_strength: float = 0.2  # pre-training views: brightness/contrast factor U(1 +- s) (spec 5.1)
+    strong_jitter_strength: float = 0.25  # fine-tuning strong view (spec 6.1 3c)
+
+    # --- mode ------------------------------------------------------------------------------------------
+    # "actionpp": the method; "supervised": the supervised-only baseline (L_sup on the labeled cases for
+    # the same total number of iterations, no unlabeled data needed)
+    mode: str = "actionpp"
 
     # --- runtime ------------------------------------------------------------------------------------
     device: str = "auto"  # auto | cuda | cpu | cuda:N
@@ -153,6 +163,8 @@ class Config:
             raise ValueError(f"patch_size {self.patch_size} must be divisible by {factor} (4 poolings)")
         if self.normalization not in ("minmax", "zscore"):
             raise ValueError(f"normalization must be 'minmax' or 'zscore', got {self.normalization!r}")
+        if self.mode not in ("actionpp", "supervised"):
+            raise ValueError(f"mode must be 'actionpp' or 'supervised', got {self.mode!r}")
         if self.mix not in ("cutmix", "classmix", "none"):
             raise ValueError(f"mix must be cutmix, classmix or none, got {self.mix!r}")
         for name in ("pretrain_warmup_iterations", "pretrain_joint_iterations", "finetune_iterations"):
@@ -222,6 +234,8 @@ def preset(name: str, **overrides: Any) -> Config:
             local_stride=10,
             warmup_tau_teacher=0.6,
             mix="classmix",
+            jitter_strength=0.02,
+            strong_jitter_strength=0.02,
         )
     else:
         raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")

@@ -1,0 +1,130 @@
+"""Contrastive heads (spec 3.3).
+
+As in the authors' code the projector/predictor "MLPs" are compositions of linear maps (no activation,
+no BN).  The local heads act on the segmentation logits pooled inside overlapping windows; following
+spec 10.1 the windows are pooled once over the whole map and then cut out with ``unfold``, which gives
+exactly the per-window adaptive pooling without a Python loop over windows.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class GlobalProjector(nn.Module):
+    """GAP -> Linear(c, c) -> Linear(c, out)."""
+
+    def __init__(self, channels: int, out_dim: int) -> None:
+        super().__init__()
+        self.fc = nn.Sequential(nn.Linear(channels, channels), nn.Linear(channels, out_dim))
+
+    def forward(self, latent: torch.Tensor) -> torch.Tensor:
+        return self.fc(latent.flatten(2).mean(dim=2))
+
+
+class Predictor(nn.Module):
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.fc = nn.Sequential(nn.Linear(dim, dim), nn.Linear(dim, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x)
+
+
+def _conv1(dim: int, cin: int, cout: int, bias: bool = True) -> nn.Module:
+    return (nn.Conv2d if dim == 2 else nn.Conv3d)(cin, cout, 1, bias=bias)
+
+
+class LocalWindows(nn.Module):
+    """Cut overlapping windows out of a logits map and pool each to ``pool`` cells per axis.
+
+    ``window``/``stride`` are in pixels (2D 64/32, 3D 20/10 in-plane).  All full windows are used
+    (the 2D code's exclusive range end drops the last window row; we keep it: every pixel is covered).
+    Output: (N, P, C, pool, pool[, pool]) with windows ordered H-major, then W, then D.
+    """
+
+    def __init__(self, dim: int, window: int, stride: int, pool: int,
+                 window_depth: int = 0, stride_depth: int = 0) -> None:
+        super().__init__()
+        self.dim = dim
+        self.pool = pool
+        self.windows = [window] * dim
+        self.strides = [stride] * dim
+        if dim == 3:
+            self.windows[2] = window_depth or window
+            self.strides[2] = stride_depth or stride
+
+    def forward(self, logits: torch.Tensor) -> torch.Tensor:
+        spatial = logits.shape[2:]
+        kernels, cells, steps = [], [], []
+        for size, win, step in zip(spatial, self.windows, self.strides):
+            win = min(win, size)
+            kernel = max(1, win // self.pool)
+            cell = min(self.pool, size // kernel)
+            kernels.append(kernel)
+            cells.append(cell)
+            steps.append(max(1, step // kernel))
+        pool_fn = F.avg_pool2d if self.dim == 2 else F.avg_pool3d
+        pooled = pool_fn(logits, kernel_size=kernels, stride=kernels)  # (N, C, g1, g2[, g3])
+        x = pooled
+        for axis, (cell, step) in enumerate(zip(cells, steps)):
+            x = x.unfold(2 + axis, cell, step)  # appends a window-content axis, grid axis -> #windows
+        # x: (N, C, p1, p2[, p3], c1, c2[, c3])
+        n, c = x.shape[:2]
+        grid = x.shape[2 : 2 + self.dim]
+        x = x.reshape(n, c, math.prod(grid), *cells)
+        return x.transpose(1, 2)  # (N, P, C, cells...)
+
+
+class LocalHead(nn.Module):
+    """Conv1(C -> 2C) -> Conv1(2C -> C) (projector) or Conv1(C -> C) x2 (predictor), applied per window."""
+
+    def __init__(self, dim: int, channels: int, hidden: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(_conv1(dim, channels, hidden), _conv1(dim, hidden, channels))
+        self.dim = dim
+
+    def forward(self, windows: torch.Tensor) -> torch.Tensor:
+        n, p = windows.shape[:2]
+        out = self.net(windows.flatten(0, 1))
+        return out.reshape(n, p, *out.shape[1:])
+
+
+class RepresentationHead(nn.Module):
+    """Dense representation for AnCo and SAACL (spec 6.1 step 6, decision D6: d = 128 in 2D and 3D).
+
+    ``kernel=3`` is the authors' design: Conv3(sum of channels -> d, no bias) -> Conv1(d -> d) on the
+    multi-scale features upsampled to full resolution and concatenated (2D: 496 channels at 256^2,
+    about 90 % of a fine-tuning step's FLOPs).  ``kernel=1`` (our default) makes the first layer a 1x1
+    conv, which commutes with the linear (align_corners) interpolation: it is applied per scale at the
+    scale's native resolution and the d-channel results are upsampled and summed.  That equals a 1x1
+    conv on the concatenation exactly (up to rounding) at a fraction of the cost and memory.
+    """
+
+    def __init__(self, dim: int, feature_channels: list[int], out_dim: int, kernel: int = 1) -> None:
+        super().__init__()
+        conv = nn.Conv2d if dim == 2 else nn.Conv3d
+        self.dim = dim
+        self.kernel = kernel
+        if kernel == 1:
+            self.per_scale = nn.ModuleList(conv(c, out_dim, 1, bias=False) for c in feature_channels)
+        else:
+            self.first = conv(sum(feature_channels), out_dim, kernel, padding=kernel // 2, bias=False)
+        self.last = conv(out_dim, out_dim, 1)
+
+    def _up(self, f: torch.Tensor, size) -> torch.Tensor:
+        if f.shape[2:] == size:
+            return f
+        return F.interpolate(f, size=size, mode="bilinear" if self.dim == 2 else "trilinear", align_corners=True)
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        size = features[-1].shape[2:]
+        if self.kernel == 1:
+            x = sum(self._up(proj(f), size) for proj, f in zip(self.per_scale, features))
+        else:
+            x = self.first(torch.cat([self._up(f, size) for f in features], dim=1))
+        return self.last(x)

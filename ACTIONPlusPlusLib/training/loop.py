@@ -1,0 +1,326 @@
+"""``train``: both stages of ACTION++ (or the supervised-only baseline) with checkpoints and resume.
+
+Phases run in order: pre-training warm-up (global ISD, fixed temperatures), pre-training joint phase
+(global + local ISD + supervised, ATS temperatures), fine-tuning (sup + pseudo-label + AnCo + SAACL,
+ATS).  Each phase builds a fresh SGD optimiser with its own poly schedule, as the authors' separate
+scripts do.  The loop keeps work on the device: losses are accumulated as tensors and read back only
+every ``log_every`` iterations (the NaN check happens there and before every checkpoint).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from .. import distributed as dist_utils
+from ..config import Config
+from ..data.types import Case
+from ..device import autocast as device_autocast
+from ..device import resolve_device
+from ..errors import DataError, TrainingError
+from ..io_utils import check_writable_dir
+from ..models import build_network
+from ..schedules import ats_temperature, ema_update, poly_lr, set_lr
+from .batches import BatchSource
+from .checkpoint import load_checkpoint, save_checkpoint
+from .events import Callback, ProgressTracker
+from .finetune import FinetuneHeads, FinetuneStep, SupervisedStep
+from .pretrain import ISDHeads, PretrainStep
+
+CHECKPOINT_NAME = "checkpoint.pt"
+MODEL_NAME = "model.pt"
+PRETRAIN_CHECKPOINT_NAME = "checkpoint_pretrain.pt"
+
+
+@dataclass
+class Phase:
+    name: str  # warmup | joint | finetune | supervised
+    stage: str  # pretrain | finetune | supervised
+    iterations: int
+
+
+@dataclass
+class TrainResult:
+    model_path: Path | None
+    checkpoint_path: Path
+    config_path: Path
+    stopped: bool = False
+    iterations_done: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+
+def phases_for(cfg: Config) -> list[Phase]:
+    if cfg.mode == "supervised":
+        return [Phase("supervised", "supervised", cfg.total_iterations)]
+    return [
+        Phase("warmup", "pretrain", cfg.pretrain_warmup_iterations),
+        Phase("joint", "pretrain", cfg.pretrain_joint_iterations),
+        Phase("finetune", "finetune", cfg.finetune_iterations),
+    ]
+
+
+class Trainer:
+    """Holds every piece of training state; ``run`` drives the phases."""
+
+    def __init__(self, cfg: Config, labeled: list[Case], unlabeled: list[Case], out_dir: Path,
+                 callback: Callback | None = None, device: torch.device | None = None) -> None:
+        self.cfg = cfg
+        self.out_dir = Path(out_dir)
+        self.device = device or resolve_device(cfg.device)
+        if cfg.num_threads > 0:
+            torch.set_num_threads(cfg.num_threads)
+        torch.manual_seed(cfg.seed + dist_utils.rank())
+        self.host_gen = torch.Generator().manual_seed(cfg.seed + 1 + dist_utils.rank())
+        self.dev_gen = torch.Generator(device=self.device).manual_seed(cfg.seed + 2 + dist_utils.rank())
+        self.student = build_network(cfg).to(self.device)
+        if cfg.sync_batchnorm and dist_utils.is_distributed():
+            self.student = nn.SyncBatchNorm.convert_sync_batchnorm(self.student)
+        self.teacher = copy.deepcopy(self.student).requires_grad_(False)
+        self.isd = ISDHeads(cfg, self.student.latent_channels).to(self.device)
+        self.ft = FinetuneHeads(cfg, self.student.feature_channels).to(self.device)
+        self.batches = BatchSource(cfg, labeled, unlabeled, self.device)
+        self.phases = phases_for(cfg)
+        self.tracker = ProgressTracker(callback if dist_utils.is_main_process() else None, sum(p.iterations for p in self.phases))
+        self.phase_index = 0
+        self.iteration = 0  # completed iterations within the current phase
+        self.optimizer: torch.optim.Optimizer | None = None
+        self._bad = torch.zeros((), dtype=torch.bool, device=self.device)
+        self.train_student = self.student  # replaced by the DDP wrapper under torchrun
+
+    # --- helpers -------------------------------------------------------------------------------------
+    @contextmanager
+    def autocast(self):
+        with device_autocast(self.device, self.cfg.amp):
+            yield
+
+    def _optimizer_for(self, phase: Phase) -> torch.optim.Optimizer:
+        params = list(self.student.parameters())
+        if phase.name in ("warmup", "joint"):
+            params += self.isd.student_parameters()
+        elif phase.name == "finetune":
+            params += list(self.ft.q_rep.parameters())
+        nesterov = phase.name in ("finetune", "supervised") and self.cfg.finetune_nesterov
+        return torch.optim.SGD(params, lr=self.cfg.lr, momentum=self.cfg.momentum,
+                               weight_decay=self.cfg.weight_decay, nesterov=nesterov)
+
+    def _overall(self) -> int:
+        return sum(p.iterations for p in self.phases[: self.phase_index]) + self.iteration
+
+    def _stage_position(self) -> tuple[int, int]:
+        phase = self.phases[self.phase_index]
+        same = [p for p in self.phases if p.stage == phase.stage]
+        before = sum(p.iterations for p in self.phases[: self.phase_index] if p.stage == phase.stage)
+        return before + self.iteration, sum(p.iterations for p in same)
+
+    def temperatures(self, phase: Phase, t: int) -> dict[str, float]:
+        cfg = self.cfg
+        if phase.name == "warmup":
+            return {"student": cfg.warmup_tau_student, "teacher": cfg.warmup_tau_teacher}
+        if phase.name == "supervised":
+            return {}
+        tau = ats_temperature(t, phase.iterations, cfg.tau_min, cfg.tau_max, cfg.ats_periods)
+        if phase.name == "joint":
+            return {"student": tau, "teacher": tau}
+        return {"anco": tau, "saacl": tau}
+
+    # --- state -----------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "config": self.cfg.to_dict(),
+            "phase_index": self.phase_index,
+            "phase": self.phases[self.phase_index].name if self.phase_index < len(self.phases) else "done",
+            "iteration": self.iteration,
+            "student": self.student.state_dict(),
+            "teacher": self.teacher.state_dict(),
+            "isd": self.isd.state_dict(),
+            "ft": self.ft.state_dict(),
+            "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None,
+            "host_gen": self.host_gen.get_state(),
+            "dev_gen": self.dev_gen.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
+            "world_size": dist_utils.world_size(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.student.load_state_dict(state["student"])
+        self.teacher.load_state_dict(state["teacher"])
+        self.isd.load_state_dict(state["isd"])
+        self.ft.load_state_dict(state["ft"])
+        self.phase_index = int(state["phase_index"])
+        self.iteration = int(state["iteration"])
+        if self.phase_index < len(self.phases):
+            self.optimizer = self._optimizer_for(self.phases[self.phase_index])
+            if state.get("optimizer") is not None and self.iteration > 0:
+                self.optimizer.load_state_dict(state["optimizer"])
+        same_world = int(state.get("world_size", 1)) == dist_utils.world_size()
+        if same_world:  # RNG streams are per rank; with another number of ranks they restart from the seed
+            self.host_gen.set_state(state["host_gen"])
+            self.dev_gen.set_state(state["dev_gen"].to(self.dev_gen.get_state().device))
+            torch.set_rng_state(state["torch_rng"])
+            if state.get("cuda_rng") is not None and self.device.type == "cuda":
+                torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+
+    def save(self, name: str = CHECKPOINT_NAME) -> Path | None:
+        self._check_finite()
+        if not dist_utils.is_main_process():
+            return None
+        path = save_checkpoint(self.out_dir / name, self.state_dict())
+        stage_it, _ = self._stage_position() if self.phase_index < len(self.phases) else (self.iteration, 0)
+        self.tracker.emit({"event": "checkpoint", "path": str(path),
+                           "stage": self.phases[min(self.phase_index, len(self.phases) - 1)].stage,
+                           "iteration": stage_it})
+        return path
+
+    def _check_finite(self) -> None:
+        if bool(self._bad):
+            phase = self.phases[min(self.phase_index, len(self.phases) - 1)]
+            raise TrainingError(
+                f"the loss became NaN or Inf during {phase.name} (around iteration {self.iteration}); "
+                f"training stopped and the last good checkpoint {self.out_dir / CHECKPOINT_NAME} was kept. "
+                "Try a lower learning rate (--set lr=0.005) or check the input intensities.")
+
+    # --- the loop ----------------------------------------------------------------------------------------
+    def _begin_phase(self, phase: Phase) -> None:
+        if phase.name == "finetune":
+            # spec 1: student and teacher both start from the pre-trained student
+            self.teacher.load_state_dict(self.student.state_dict())
+            self.ft.k_rep.load_state_dict(self.ft.q_rep.state_dict())
+        self.optimizer = self._optimizer_for(phase)
+
+    def run(self, should_stop: Callable[[], bool] | None = None) -> bool:
+        """Train to the end (returns False) or until ``should_stop()`` (checkpoint saved, returns True)."""
+        cfg = self.cfg
+        pre = PretrainStep(cfg, self.train_student, self.teacher, self.isd)
+        fine = FinetuneStep(cfg, self.train_student, self.teacher, self.ft)
+        sup = SupervisedStep(cfg, self.train_student)
+        self.student.train()
+        self.teacher.train()  # D13: teacher in train() mode (dropout, batch statistics)
+        while self.phase_index < len(self.phases):
+            phase = self.phases[self.phase_index]
+            if phase.iterations == 0:
+                self.phase_index += 1
+                continue
+            if self.iteration == 0 or self.optimizer is None:
+                self._begin_phase(phase)
+            stage_it, stage_total = self._stage_position()
+            self.tracker.emit({"event": "stage", "stage": phase.stage, "phase": phase.name, "total": stage_total,
+                               "iteration": stage_it})
+            self.tracker.start_window(self._overall())
+            sums: dict[str, torch.Tensor] = {}
+            count = 0
+            while self.iteration < phase.iterations:
+                if should_stop is not None and should_stop():
+                    self.save()
+                    return True
+                t = self.iteration + 1
+                temps = self.temperatures(phase, self.iteration)
+                lr = self.optimizer.param_groups[0]["lr"]
+                if phase.name in ("warmup", "joint"):
+                    loss, parts = pre(self.batches, self.host_gen, self.dev_gen, temps["student"], temps["teacher"],
+                                      phase.name == "joint", self.autocast)
+                elif phase.name == "finetune":
+                    loss, parts = fine(self.batches, self.host_gen, self.dev_gen, temps["anco"], self.autocast)
+                else:
+                    loss, parts = sup(self.batches, self.host_gen, self.dev_gen, self.autocast)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(self.student.parameters(), cfg.grad_clip)
+                self.optimizer.step()
+                with torch.no_grad():
+                    if phase.name != "supervised":
+                        ema_update(self.teacher, self.student, cfg.ema_decay)
+                        (self.isd if phase.name != "finetune" else self.ft).ema(cfg.ema_decay)
+                    self._bad |= ~torch.isfinite(loss.detach())
+                    for key, value in {"total": loss, **parts}.items():
+                        sums[key] = sums.get(key, 0) + value.detach().float()
+                count += 1
+                set_lr(self.optimizer, poly_lr(cfg.lr, t, phase.iterations, cfg.poly_power))
+                self.iteration = t
+                if t % cfg.log_every == 0 or t == phase.iterations:
+                    self._check_finite()
+                    keys = list(sums)
+                    values = torch.stack([sums[k] for k in keys]).div(count).tolist()  # the one sync per window
+                    stage_it, stage_total = self._stage_position()
+                    self.tracker.progress(stage=phase.stage, phase=phase.name, iteration=stage_it, total=stage_total,
+                                          overall_iteration=self._overall(), losses=dict(zip(keys, values)),
+                                          lr=lr, temperature=temps)
+                    sums, count = {}, 0
+                if t % cfg.checkpoint_every == 0 and t < phase.iterations:
+                    self.save()
+            # phase complete
+            if phase.name == "joint" or (phase.name == "warmup" and self.cfg.pretrain_joint_iterations == 0):
+                self.save(PRETRAIN_CHECKPOINT_NAME)
+            self.phase_index += 1
+            self.iteration = 0
+            self.optimizer = None
+            self.save()
+        return False
+
+
+def _load_init_weights(trainer: Trainer, init_model: Path) -> None:
+    from ..model_io import load_model
+
+    model, model_cfg = load_model(init_model, device="cpu", expect_preset=trainer.cfg.preset,
+                                  expect_classes=trainer.cfg.num_classes)
+    trainer.student.load_state_dict(model.state_dict())
+    trainer.teacher.load_state_dict(model.state_dict())
+
+
+def train(cfg: Config, labeled: list[Case], unlabeled: list[Case], out_dir: str | Path,
+          callback: Callback | None = None, resume: bool | str | Path = False, init_model: str | Path | None = None,
+          should_stop: Callable[[], bool] | None = None, device: torch.device | None = None) -> TrainResult:
+    """Train ACTION++ (or the supervised baseline) and write ``model.pt`` into ``out_dir``.
+
+    ``resume`` (True = ``out_dir/checkpoint.pt``, or a path) continues an interrupted run exactly;
+    ``init_model`` warm-starts the network from a previous model (the annotate-train-predict loop);
+    ``should_stop`` is polled every iteration (the worker's SIGTERM flag): the run then saves a checkpoint
+    and returns with ``stopped=True``.  Bad input raises :class:`DataError` before any training.
+    """
+    from ..data.validation import validate_training_cases
+    from ..model_io import save_model
+
+    out_dir = Path(out_dir)
+    check_writable_dir(out_dir)
+    warnings = validate_training_cases(labeled, unlabeled, cfg, require_unlabeled=cfg.mode == "actionpp")
+    for message in warnings:
+        if callback is not None and dist_utils.is_main_process():
+            callback({"event": "warning", "message": message})
+    checkpoint_path = out_dir / CHECKPOINT_NAME
+    resume_path: Path | None = None
+    if resume:
+        resume_path = checkpoint_path if resume is True else Path(resume)
+        state = load_checkpoint(resume_path, map_location="cpu")
+        saved = Config.from_dict(state["config"])
+        # the user may change runtime options on resume, not the method
+        runtime = {"device", "log_every", "checkpoint_every", "num_threads"}
+        diff = [k for k, v in saved.to_dict().items() if k not in runtime and cfg.to_dict()[k] != v]
+        if diff:
+            raise DataError(f"cannot resume from {resume_path}: the config differs in {', '.join(diff)}")
+    config_path = out_dir / "config.json"
+    if dist_utils.is_main_process():
+        cfg.save(config_path)
+    trainer = Trainer(cfg, labeled, unlabeled, out_dir, callback, device=device)
+    if dist_utils.is_distributed():
+        from .distributed_setup import wrap_for_ddp
+
+        wrap_for_ddp(trainer)
+    if resume_path is not None:
+        trainer.load_state_dict(load_checkpoint(resume_path, map_location="cpu"))
+    elif init_model is not None:
+        _load_init_weights(trainer, Path(init_model))
+    stopped = trainer.run(should_stop)
+    model_path = None
+    if not stopped and dist_utils.is_main_process():
+        model_path = save_model(out_dir / MODEL_NAME, trainer.student, cfg, iterations=trainer.tracker.overall_total)
+    dist_utils.barrier()
+    return TrainResult(model_path, checkpoint_path, config_path, stopped, trainer._overall(), warnings)
