@@ -85,24 +85,38 @@ class TqdmReporter:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from . import distributed as dist_utils
     from .data import load_dataset
     from .training import phases_for, train
 
     cfg = build_config(args.preset, args)
-    dataset = load_dataset(args.data, cfg, labeled=args.labeled, splits=("train",))
-    print(f"{dataset.layout} data: {len(dataset.labeled)} labeled, {len(dataset.unlabeled)} unlabeled", file=sys.stderr)
-    reporter = TqdmReporter(sum(p.iterations for p in phases_for(cfg)), quiet=args.quiet)
-    stop = _StopFlag()
+    # under torchrun (RANK/WORLD_SIZE set): one process per GPU, DistributedDataParallel (docs/DISTRIBUTED.md)
+    distributed = dist_utils.init_from_env(cfg.device)
     try:
-        result = train(cfg, dataset.labeled, dataset.unlabeled, args.out, callback=reporter,
-                       resume=args.resume, init_model=args.init_model, should_stop=stop)
+        main_process = dist_utils.is_main_process()
+        device = dist_utils.local_device(cfg.device) if distributed else None
+        dataset = load_dataset(args.data, cfg, labeled=args.labeled, splits=("train",))
+        if main_process:
+            ranks = f", {dist_utils.world_size()} processes" if distributed else ""
+            print(f"{dataset.layout} data: {len(dataset.labeled)} labeled, {len(dataset.unlabeled)} unlabeled{ranks}",
+                  file=sys.stderr)
+        reporter = TqdmReporter(sum(p.iterations for p in phases_for(cfg)), quiet=args.quiet or not main_process)
+        stop = _StopFlag()
+        try:
+            result = train(cfg, dataset.labeled, dataset.unlabeled, args.out, callback=reporter,
+                           resume=args.resume, init_model=args.init_model, should_stop=stop, device=device)
+        finally:
+            stop.restore()
+            reporter.close()
     finally:
-        stop.restore()
-        reporter.close()
+        if distributed:
+            dist_utils.destroy()
     if result.stopped:
-        print(f"interrupted: checkpoint saved to {result.checkpoint_path}; continue with --resume", file=sys.stderr)
+        if main_process:
+            print(f"interrupted: checkpoint saved to {result.checkpoint_path}; continue with --resume", file=sys.stderr)
         return 130
-    print(f"model written to {result.model_path}")
+    if main_process:
+        print(f"model written to {result.model_path}")
     return 0
 
 

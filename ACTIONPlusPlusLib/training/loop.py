@@ -81,7 +81,7 @@ class Trainer:
         self.host_gen = torch.Generator().manual_seed(cfg.seed + 1 + dist_utils.rank())
         self.dev_gen = torch.Generator(device=self.device).manual_seed(cfg.seed + 2 + dist_utils.rank())
         self.student = build_network(cfg).to(self.device)
-        if cfg.sync_batchnorm and dist_utils.is_distributed():
+        if cfg.sync_batchnorm and dist_utils.is_distributed() and self.device.type == "cuda":  # no CPU kernel
             self.student = nn.SyncBatchNorm.convert_sync_batchnorm(self.student)
         self.teacher = copy.deepcopy(self.student).requires_grad_(False)
         self.isd = ISDHeads(cfg, self.student.latent_channels).to(self.device)
@@ -94,6 +94,9 @@ class Trainer:
         self.optimizer: torch.optim.Optimizer | None = None
         self._bad = torch.zeros((), dtype=torch.bool, device=self.device)
         self.train_student = self.student  # replaced by the DDP wrapper under torchrun
+        # set by distributed_setup.wrap_for_ddp: average the heads' gradients / BN statistics over ranks
+        self.sync_gradients: Callable[[], None] | None = None
+        self.sync_buffers: Callable[[], None] | None = None
 
     # --- helpers -------------------------------------------------------------------------------------
     @contextmanager
@@ -143,12 +146,24 @@ class Trainer:
             "isd": self.isd.state_dict(),
             "ft": self.ft.state_dict(),
             "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None,
+            **self._rng_state(),
+            "world_size": dist_utils.world_size(),
+        }
+
+    def _rng_state(self) -> dict[str, Any]:
+        return {
             "host_gen": self.host_gen.get_state(),
             "dev_gen": self.dev_gen.get_state(),
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
-            "world_size": dist_utils.world_size(),
         }
+
+    def _set_rng_state(self, state: dict[str, Any]) -> None:
+        self.host_gen.set_state(state["host_gen"])
+        self.dev_gen.set_state(state["dev_gen"].to(self.dev_gen.get_state().device))
+        torch.set_rng_state(state["torch_rng"])
+        if state.get("cuda_rng") is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.student.load_state_dict(state["student"])
@@ -162,29 +177,41 @@ class Trainer:
             if state.get("optimizer") is not None and self.iteration > 0:
                 self.optimizer.load_state_dict(state["optimizer"])
         same_world = int(state.get("world_size", 1)) == dist_utils.world_size()
-        if same_world:  # RNG streams are per rank; with another number of ranks they restart from the seed
-            self.host_gen.set_state(state["host_gen"])
-            self.dev_gen.set_state(state["dev_gen"].to(self.dev_gen.get_state().device))
-            torch.set_rng_state(state["torch_rng"])
-            if state.get("cuda_rng") is not None and self.device.type == "cuda":
-                torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+        if same_world:  # RNG streams are per rank (a distributed checkpoint holds every rank's in rank_rng)
+            self._set_rng_state(state["rank_rng"][dist_utils.rank()] if "rank_rng" in state else state)
+        else:  # another number of ranks: fresh per-rank streams, seeded from the position (no replayed batches)
+            seed = self.cfg.seed + 7919 * (self._overall() + 1) + 104729 * dist_utils.rank()
+            torch.manual_seed(seed)
+            self.host_gen.manual_seed(seed + 1)
+            self.dev_gen.manual_seed(seed + 2)
 
     def save(self, name: str = CHECKPOINT_NAME) -> Path | None:
-        self._check_finite()
+        """Write a checkpoint (rank 0 only; every rank must call this: it synchronises the ranks)."""
+        if self.sync_buffers is not None:
+            self.sync_buffers()
+        self._check_finite(weights=True)
+        rank_rng = dist_utils.all_gather_object(self._rng_state()) if dist_utils.is_distributed() else None
         if not dist_utils.is_main_process():
             return None
-        path = save_checkpoint(self.out_dir / name, self.state_dict())
+        state = self.state_dict()
+        if rank_rng is not None:
+            state["rank_rng"] = rank_rng
+        path = save_checkpoint(self.out_dir / name, state)
         stage_it, _ = self._stage_position() if self.phase_index < len(self.phases) else (self.iteration, 0)
         self.tracker.emit({"event": "checkpoint", "path": str(path),
                            "stage": self.phases[min(self.phase_index, len(self.phases) - 1)].stage,
                            "iteration": stage_it})
         return path
 
-    def _check_finite(self) -> None:
-        if bool(self._bad):
+    def _check_finite(self, weights: bool = False) -> None:
+        if weights:  # BN hides exploding weights from the loss: check the parameters before saving them
+            tensors = [t for t in self.student.state_dict().values() if t.is_floating_point()]  # BN stats too
+            finite = torch.stack([torch.isfinite(t).all() for t in tensors]).all()
+            self._bad |= ~finite
+        if dist_utils.any_rank(self._bad):  # every rank stops together
             phase = self.phases[min(self.phase_index, len(self.phases) - 1)]
             raise TrainingError(
-                f"the loss became NaN or Inf during {phase.name} (around iteration {self.iteration}); "
+                f"the loss or the weights became NaN or Inf during {phase.name} (around iteration {self.iteration}); "
                 f"training stopped and the last good checkpoint {self.out_dir / CHECKPOINT_NAME} was kept. "
                 "Try a lower learning rate (--set lr=0.005) or check the input intensities.")
 
@@ -233,6 +260,8 @@ class Trainer:
                     loss, parts = sup(self.batches, self.host_gen, self.dev_gen, self.autocast)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                if self.sync_gradients is not None:
+                    self.sync_gradients()
                 if cfg.grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_(self.student.parameters(), cfg.grad_clip)
                 self.optimizer.step()
@@ -247,9 +276,10 @@ class Trainer:
                 set_lr(self.optimizer, poly_lr(cfg.lr, t, phase.iterations, cfg.poly_power))
                 self.iteration = t
                 if t % cfg.log_every == 0 or t == phase.iterations:
-                    self._check_finite()
+                    self._check_finite(weights=True)
                     keys = list(sums)
-                    values = torch.stack([sums[k] for k in keys]).div(count).tolist()  # the one sync per window
+                    means = dist_utils.all_reduce_mean(torch.stack([sums[k] for k in keys]).div(count))  # over ranks
+                    values = means.tolist()  # the one sync per window
                     stage_it, stage_total = self._stage_position()
                     self.tracker.progress(stage=phase.stage, phase=phase.name, iteration=stage_it, total=stage_total,
                                           overall_iteration=self._overall(), losses=dict(zip(keys, values)),
@@ -314,6 +344,8 @@ def train(cfg: Config, labeled: list[Case], unlabeled: list[Case], out_dir: str 
         from .distributed_setup import wrap_for_ddp
 
         wrap_for_ddp(trainer)
+        if should_stop is not None:
+            should_stop = dist_utils.agreed(should_stop)  # all ranks stop at the same iteration
     if resume_path is not None:
         trainer.load_state_dict(load_checkpoint(resume_path, map_location="cpu"))
     elif init_model is not None:

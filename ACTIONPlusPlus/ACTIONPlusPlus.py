@@ -1,0 +1,993 @@
+"""ACTION++ semi-supervised cardiac MRI segmentation: the 3D Slicer module.
+
+Wiring only. The work lives in ACTIONPlusPlusLib: ``scene`` (nodes <-> job folders and predictions),
+``runner`` (the background worker process), ``gui_support`` (progress text, settings -> job options,
+input checks, dependency plan; tested without Slicer) and the trainer itself.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Annotated, Any, Callable, Optional
+
+import qt
+import vtk
+
+import slicer
+from slicer.i18n import tr as _
+from slicer.i18n import translate
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.util import VTKObservationMixin
+from slicer.parameterNodeWrapper import Choice, Minimum, parameterNodeWrapper
+from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+
+
+def _addLibraryToPath() -> str:
+    """Put the folder that holds ACTIONPlusPlusLib on sys.path and return it.
+
+    Installed (build or install tree) the package sits beside this file in qt-scripted-modules; in the
+    source tree it sits one level up, at the repository root.
+    """
+    here = os.path.dirname(os.path.abspath(__file__))
+    for candidate in (here, os.path.dirname(here)):
+        if os.path.isdir(os.path.join(candidate, "ACTIONPlusPlusLib")):
+            if candidate not in sys.path:
+                sys.path.insert(0, candidate)
+            return candidate
+    raise ImportError(f"ACTIONPlusPlusLib not found beside {here} nor one level up: the extension is incomplete")
+
+
+LIB_PARENT = _addLibraryToPath()
+
+from ACTIONPlusPlusLib import gui_support  # noqa: E402  (needs the path set above)
+
+SOURCE_VOLUME_ATTRIBUTE = "ACTIONPlusPlus.SourceVolumeID"
+POLL_INTERVAL_MS = 500
+
+
+@contextlib.contextmanager
+def _waitCursor():
+    slicer.app.setOverrideCursor(qt.Qt.WaitCursor)
+    try:
+        yield
+    finally:
+        slicer.app.restoreOverrideCursor()
+
+
+#
+# ACTIONPlusPlus
+#
+
+
+class ACTIONPlusPlus(ScriptedLoadableModule):
+    """Module description shown by Slicer."""
+
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("ACTION++")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
+        self.parent.dependencies = []  # torch comes from the PyTorch extension, checked on first use
+        self.parent.contributors = ["ACTION++ Slicer extension developers"]
+        self.parent.helpText = _(
+            "Train ACTION++ semi-supervised segmentation from volumes and segmentations in the scene, "
+            "then segment new volumes: the left atrium (LA preset, 3D V-Net) or the left ventricle, "
+            "myocardium and right ventricle (ACDC preset, 2D U-Net). Training runs in a background "
+            "process with progress and cancel. See the "
+            '<a href="https://github.com/ACTIONPlusPlus/SlicerACTIONPlusPlus#readme">documentation</a>.'
+        )
+        self.parent.acknowledgementText = _(
+            "Implements ACTION++ (You et al., Improving semi-supervised medical image segmentation with "
+            "adaptive anatomical contrast). Built on 3D Slicer and PyTorch."
+        )
+
+
+#
+# Parameter node
+#
+
+
+@parameterNodeWrapper
+class ACTIONPlusPlusParameterNode:
+    """The panel's settings, saved with the scene.
+
+    labeledPairs: (volume, segmentation) used for supervision.
+    excludedVolumes: scene volumes the user unchecked in the unlabeled list (all others are used).
+    """
+
+    preset: Annotated[str, Choice(["LA", "ACDC"])] = "LA"
+    iterationsMode: Annotated[str, Choice(["quick", "paper", "custom"])] = "quick"
+    warmupIterations: Annotated[int, Minimum(0)] = 50
+    jointIterations: Annotated[int, Minimum(0)] = 50
+    finetuneIterations: Annotated[int, Minimum(0)] = 200
+    device: Annotated[str, Choice(["auto", "GPU", "CPU"])] = "auto"
+    outputFolder: Path
+    continueTraining: bool = False
+    modelPath: Path
+    predictVolume: vtkMRMLScalarVolumeNode
+    confidence: bool = False
+    labeledPairs: list[tuple[vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode]]
+    excludedVolumes: list[vtkMRMLScalarVolumeNode]
+
+
+#
+# ACTIONPlusPlusWidget
+#
+
+
+class _ActiveRun:
+    """The worker the panel is watching, with what it reported so far."""
+
+    def __init__(self, worker: Any, jobPath: Path, kind: str, confidence: bool) -> None:
+        self.worker = worker
+        self.jobPath = Path(jobPath)
+        self.kind = kind  # "train" | "predict"
+        self.confidence = confidence
+        self.tracker = gui_support.ProgressTracker()
+        self.events: list[dict] = []
+        self.cancelled = False
+
+
+class ACTIONPlusPlusWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """The panel: wiring between the .ui, the parameter node and the logic."""
+
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic: Optional[ACTIONPlusPlusLogic] = None
+        self._parameterNode: Optional[ACTIONPlusPlusParameterNode] = None
+        self._parameterNodeGuiTag = None
+        self._run: Optional[_ActiveRun] = None
+        self._updatingGUI = False
+        self._timer = None
+        self._refreshTimer = None
+
+    # ---------------------------------------------------------------------------------- set-up
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/ACTIONPlusPlus.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+
+        self.logic = ACTIONPlusPlusLogic()
+
+        self._timer = qt.QTimer()
+        self._timer.setInterval(POLL_INTERVAL_MS)
+        self._timer.connect("timeout()", self.onPollWorker)
+        self._refreshTimer = qt.QTimer()
+        self._refreshTimer.setSingleShot(True)
+        self._refreshTimer.setInterval(200)
+        self._refreshTimer.connect("timeout()", self.updateCaseLists)
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.NodeAddedEvent, self.onSceneNodesChanged)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.NodeRemovedEvent, self.onSceneNodesChanged)
+
+        self.ui.labeledTableWidget.horizontalHeader().setSectionResizeMode(qt.QHeaderView.Stretch)
+        self.ui.addPairButton.connect("clicked(bool)", self.onAddPair)
+        self.ui.removePairButton.connect("clicked(bool)", self.onRemovePairs)
+        self.ui.unlabeledListWidget.connect("itemChanged(QListWidgetItem*)", self.onUnlabeledItemChanged)
+        self.ui.trainButton.connect("clicked(bool)", self.onTrainButton)
+        self.ui.predictButton.connect("clicked(bool)", self.onPredictButton)
+        self.ui.addAsLabeledButton.connect("clicked(bool)", self.onAddAsLabeled)
+
+        self.initializeParameterNode()
+        qt.QTimer.singleShot(0, self.updateDeviceInfo)
+
+    def cleanup(self) -> None:
+        """Called when the application closes: never leave a worker running without its panel."""
+        if self._run is not None:
+            self._run.worker.cancel()
+        if self._timer is not None:
+            self._timer.stop()
+        self.removeObservers()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
+
+    def onReload(self) -> None:
+        """Reload the Lib too (not only this file), so code changes take effect without a restart."""
+        if self._run is not None:
+            self._run.worker.cancel()
+        for name in [n for n in sys.modules if n == "ACTIONPlusPlusLib" or n.startswith("ACTIONPlusPlusLib.")]:
+            del sys.modules[name]
+        ScriptedLoadableModuleWidget.onReload(self)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def onSceneNodesChanged(self, caller, event) -> None:
+        if self._refreshTimer is not None:
+            self._refreshTimer.start()  # coalesce the burst of events of a scene load
+
+    # ------------------------------------------------------------------------- parameter node
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+        if str(self._parameterNode.outputFolder) in ("", "."):
+            self._parameterNode.outputFolder = Path(gui_support.default_output_root(slicer.app.temporaryPath))
+
+    def setParameterNode(self, inputParameterNode: Optional[ACTIONPlusPlusParameterNode]) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
+        self.onParameterNodeModified()
+
+    def onParameterNodeModified(self, caller=None, event=None) -> None:
+        if self._parameterNode is None or self._updatingGUI:
+            return
+        self._updatingGUI = True
+        try:
+            preset = self._preset()
+            self.ui.presetInfoLabel.text = gui_support.preset_summary(preset)
+            mode = self._parameterNode.iterationsMode
+            if mode != "custom":
+                # show the numbers "quick"/"paper" stand for; editable only in "custom"
+                numbers = gui_support.iterations_for(preset, mode)
+                w, j, f = (numbers[k] for k in gui_support.ITERATION_KEYS)
+                if (self._parameterNode.warmupIterations, self._parameterNode.jointIterations, self._parameterNode.finetuneIterations) != (w, j, f):
+                    with slicer.util.NodeModify(self._parameterNode.parameterNode):
+                        self._parameterNode.warmupIterations = w
+                        self._parameterNode.jointIterations = j
+                        self._parameterNode.finetuneIterations = f
+            for spinBox in (self.ui.warmupIterationsSpinBox, self.ui.jointIterationsSpinBox, self.ui.finetuneIterationsSpinBox):
+                spinBox.enabled = mode == "custom"
+        finally:
+            self._updatingGUI = False
+        self.updateCaseLists()
+        self.updateButtons()
+
+    def _preset(self) -> str:
+        return (self._parameterNode.preset if self._parameterNode else "LA").lower()
+
+    # ------------------------------------------------------------------------------ case lists
+
+    def _labeledPairs(self) -> list[tuple[Any, Any]]:
+        """The labeled pairs whose nodes still exist (a removed node drops its pair)."""
+        if self._parameterNode is None:
+            return []
+        pairs = []
+        for pair in self._parameterNode.labeledPairs:
+            volume, segmentation = pair
+            if volume is not None and segmentation is not None and volume.GetScene() and segmentation.GetScene():
+                pairs.append((volume, segmentation))
+        return pairs
+
+    def _unlabeledVolumes(self) -> list[Any]:
+        """Checked items of the unlabeled list, as nodes."""
+        volumes = []
+        for row in range(self.ui.unlabeledListWidget.count):
+            item = self.ui.unlabeledListWidget.item(row)
+            if item.checkState() == qt.Qt.Checked:
+                node = slicer.mrmlScene.GetNodeByID(item.data(qt.Qt.UserRole))
+                if node is not None:
+                    volumes.append(node)
+        return volumes
+
+    def updateCaseLists(self) -> None:
+        """Refill the labeled table and the unlabeled list from the parameter node and the scene."""
+        if self._parameterNode is None or self._updatingGUI:
+            return
+        self._updatingGUI = True
+        try:
+            pairs = self._labeledPairs()
+            table = self.ui.labeledTableWidget
+            table.setRowCount(len(pairs))
+            for row, (volume, segmentation) in enumerate(pairs):
+                table.setItem(row, 0, qt.QTableWidgetItem(volume.GetName()))
+                table.setItem(row, 1, qt.QTableWidgetItem(segmentation.GetName()))
+
+            excluded = {n.GetID() for n in self._parameterNode.excludedVolumes if n is not None}
+            labeled = [v.GetID() for v, _s in pairs]
+            candidates = gui_support.unlabeled_candidates([n.GetID() for n in self.logic.candidateVolumes()], labeled)
+            listWidget = self.ui.unlabeledListWidget
+            listWidget.clear()
+            for nodeID in candidates:
+                node = slicer.mrmlScene.GetNodeByID(nodeID)
+                item = qt.QListWidgetItem(node.GetName())
+                item.setData(qt.Qt.UserRole, nodeID)
+                item.setFlags(item.flags() | qt.Qt.ItemIsUserCheckable)
+                item.setCheckState(qt.Qt.Unchecked if nodeID in excluded else qt.Qt.Checked)
+                listWidget.addItem(item)
+        finally:
+            self._updatingGUI = False
+
+    def onAddPair(self) -> None:
+        volume = self.ui.labeledVolumeSelector.currentNode()
+        segmentation = self.ui.labeledSegmentationSelector.currentNode()
+        if volume is None or segmentation is None:
+            self.showError(_("Pick a volume and its segmentation, then click Add labeled case."))
+            return
+        if any(v is volume for v, _s in self._labeledPairs()):
+            self.showError(_("Volume '{name}' is already a labeled case.").format(name=volume.GetName()))
+            return
+        problem = gui_support.segments_problem(segmentation.GetName(), self.logic.segmentEntries(segmentation), self._preset())
+        if problem:
+            self.showError(problem)
+            return
+        self._parameterNode.labeledPairs = self._labeledPairs() + [(volume, segmentation)]
+        self.showStatus(_("Added labeled case {volume} + {segmentation}.").format(volume=volume.GetName(), segmentation=segmentation.GetName()))
+
+    def onRemovePairs(self) -> None:
+        rows = {index.row() for index in self.ui.labeledTableWidget.selectionModel().selectedRows()}
+        if not rows:
+            self.showError(_("Select the labeled cases to remove in the table."))
+            return
+        self._parameterNode.labeledPairs = [pair for row, pair in enumerate(self._labeledPairs()) if row not in rows]
+
+    def onUnlabeledItemChanged(self, item) -> None:
+        if self._updatingGUI or self._parameterNode is None:
+            return
+        node = slicer.mrmlScene.GetNodeByID(item.data(qt.Qt.UserRole))
+        if node is None:
+            return
+        excluded = [n for n in self._parameterNode.excludedVolumes if n is not None and n is not node]
+        if item.checkState() != qt.Qt.Checked:
+            excluded.append(node)
+        self._parameterNode.excludedVolumes = excluded
+
+    # ------------------------------------------------------------------------------- actions
+
+    def _panelSettings(self) -> gui_support.PanelSettings:
+        p = self._parameterNode
+        return gui_support.PanelSettings(
+            preset=self._preset(),
+            iterations_mode=p.iterationsMode,
+            custom_iterations=(p.warmupIterations, p.jointIterations, p.finetuneIterations),
+            device=p.device.lower(),
+            continue_training=p.continueTraining,
+            output_root=str(p.outputFolder),
+            confidence=p.confidence,
+        )
+
+    def onTrainButton(self) -> None:
+        if self._run is not None:
+            self.onCancel()
+            return
+        self.clearMessages()
+        try:
+            with _waitCursor():
+                self.logic.ensureDependencies()
+                jobPath, plan = self.logic.prepareTrainingJob(self._labeledPairs(), self._unlabeledVolumes(), self._panelSettings())
+            self.appendLog(plan.description)
+            self._startRun(jobPath, "train")
+        except Exception as exc:  # every failure ends in the panel, controls enabled
+            self.showError(exc)
+
+    def onPredictButton(self) -> None:
+        self.clearMessages()
+        p = self._parameterNode
+        try:
+            with _waitCursor():
+                self.logic.ensureDependencies()
+                jobPath = self.logic.preparePredictionJob(
+                    [p.predictVolume] if p.predictVolume else [], str(p.modelPath), self._panelSettings()
+                )
+            self._startRun(jobPath, "predict")
+        except Exception as exc:
+            self.showError(exc)
+
+    def onCancel(self) -> None:
+        if self._run is None:
+            return
+        self._run.cancelled = True
+        self.showStatus(_("Cancelling\u2026 the worker saves its checkpoint first."))
+        slicer.app.processEvents()
+        with _waitCursor():
+            self._run.worker.cancel()  # waits (at most ~10 s) for the checkpoint, then kills the whole tree
+
+    def onAddAsLabeled(self) -> None:
+        segmentation = self.ui.resultSegmentationSelector.currentNode()
+        if segmentation is None:
+            self.showError(_("Pick a prediction (segmentation) first."))
+            return
+        volume = self.logic.sourceVolume(segmentation)
+        if volume is None:
+            self.showError(
+                _("No volume is known for '{name}': add it with Labeled cases > Volume / Segmentation instead.").format(name=segmentation.GetName())
+            )
+            return
+        pairs = [pair for pair in self._labeledPairs() if pair[0] is not volume]
+        self._parameterNode.labeledPairs = pairs + [(volume, segmentation)]
+        self.showStatus(_("'{segmentation}' is now the labeled case of '{volume}'. Train again to use it.").format(segmentation=segmentation.GetName(), volume=volume.GetName()))
+
+    # ------------------------------------------------------------------------------ the worker
+
+    def _startRun(self, jobPath: Path, kind: str) -> None:
+        settings = self._panelSettings()
+        worker = self.logic.startWorker(jobPath, settings.device)
+        self._run = _ActiveRun(worker, jobPath, kind, settings.confidence)
+        self.ui.progressBar.value = 0
+        self.appendLog(_("Job: {path}").format(path=jobPath))
+        self.showStatus(_("Starting the worker\u2026"))
+        self.updateButtons()
+        self._timer.start()
+
+    def onPollWorker(self) -> None:
+        run = self._run
+        if run is None:
+            self._timer.stop()
+            return
+        try:
+            self._consume(run)
+            if not run.worker.is_running:
+                self._consume(run)  # what it printed last
+                self._finishRun(run)
+        except Exception as exc:
+            logging.exception("ACTION++: while watching the worker")
+            self._run = None
+            self._timer.stop()
+            self.showError(exc)
+            self.updateButtons()
+
+    def _consume(self, run: _ActiveRun) -> None:
+        for event in run.worker.poll_events():
+            run.events.append(event)
+            line = run.tracker.handle(event)
+            if line:
+                self.appendLog(line)
+        logLines = run.worker.log_lines  # stderr and stray output: moved into the panel's log
+        while logLines:
+            self.appendLog(logLines.popleft())
+        self.ui.progressBar.value = int(round(run.tracker.percent))
+        if not run.cancelled:
+            self.showStatus(run.tracker.status)
+
+    def _finishRun(self, run: _ActiveRun) -> None:
+        self._timer.stop()
+        self._run = None
+        code = run.worker.exit_code
+        try:
+            if code == 0:
+                imports = self.logic.loadResults(run.jobPath.parent, run.events, withConfidence=run.confidence)
+                self.logic.showResults(imports)
+                added = [i.segmentation_node for i in imports if i.segmentation_node is not None]
+                if added:
+                    self.ui.resultSegmentationSelector.setCurrentNode(added[-1])
+                if run.tracker.model_path and run.kind == "train" and self._parameterNode is not None:
+                    self._parameterNode.modelPath = Path(run.tracker.model_path)
+                skipped = [i.message for i in imports if i.message]
+                message = _("Finished: {count} segmentation(s) added.").format(count=len(added))
+                for text in skipped:
+                    self.appendLog(text)
+                if skipped:
+                    self.showError(message + " " + " ".join(skipped))
+                else:
+                    self.showStatus(message)
+                self.ui.progressBar.value = 100
+            else:
+                self.showError(run.tracker.outcome_message(code))
+        finally:
+            self.updateButtons()
+
+    # ----------------------------------------------------------------------------- display
+
+    def updateButtons(self) -> None:
+        running = self._run is not None
+        self.ui.trainButton.text = _("Cancel") if running else _("Train")
+        self.ui.trainButton.toolTip = _("Stop the worker (it saves a checkpoint first).") if running else _(
+            "Train in a background process, then segment the checked unlabeled volumes."
+        )
+        for widget in (
+            self.ui.inputsCollapsibleButton,
+            self.ui.iterationsComboBox,
+            self.ui.deviceComboBox,
+            self.ui.outputFolderPathLineEdit,
+            self.ui.continueCheckBox,
+            self.ui.predictButton,
+            self.ui.addAsLabeledButton,
+            self.ui.modelPathLineEdit,
+            self.ui.predictVolumeSelector,
+            self.ui.confidenceCheckBox,
+        ):
+            widget.enabled = not running
+        if not running and self._parameterNode is not None:
+            custom = self._parameterNode.iterationsMode == "custom"
+            for spinBox in (self.ui.warmupIterationsSpinBox, self.ui.jointIterationsSpinBox, self.ui.finetuneIterationsSpinBox):
+                spinBox.enabled = custom
+        else:
+            for spinBox in (self.ui.warmupIterationsSpinBox, self.ui.jointIterationsSpinBox, self.ui.finetuneIterationsSpinBox):
+                spinBox.enabled = False
+
+    def updateDeviceInfo(self) -> None:
+        self.ui.deviceInfoLabel.text = gui_support.format_device_info(self.logic.deviceInfo())
+
+    def showStatus(self, text: str) -> None:
+        self.ui.statusLabel.setStyleSheet("")
+        self.ui.statusLabel.text = str(text)
+
+    def showError(self, error: Any) -> None:
+        text = str(error) or error.__class__.__name__
+        logging.error("ACTION++: %s", text)
+        self.ui.statusLabel.setStyleSheet("color: #c0392b;")
+        self.ui.statusLabel.text = text
+        self.appendLog(_("Error: {text}").format(text=text))
+
+    def clearMessages(self) -> None:
+        self.showStatus("")
+
+    def appendLog(self, line: str) -> None:
+        self.ui.logTextEdit.appendPlainText(str(line))
+
+
+#
+# ACTIONPlusPlusLogic
+#
+
+
+class WorkerOutcome:
+    """What a blocking run returns: exit code, all events and the folded progress state."""
+
+    def __init__(self, returncode: Optional[int], events: list[dict], tracker: gui_support.ProgressTracker, log: list[str]) -> None:
+        self.returncode = returncode
+        self.events = events
+        self.tracker = tracker
+        self.log = log
+
+    @property
+    def message(self) -> str:
+        return self.tracker.outcome_message(self.returncode)
+
+
+class ACTIONPlusPlusLogic(ScriptedLoadableModuleLogic):
+    """Everything the panel does, callable without it (Python console, batch scripts, the self-test)."""
+
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+        self._deviceInfo: Optional[dict] = None
+
+    def getParameterNode(self) -> ACTIONPlusPlusParameterNode:
+        return ACTIONPlusPlusParameterNode(super().getParameterNode())
+
+    # -------------------------------------------------------------------------- dependencies
+
+    @staticmethod
+    def isInteractive() -> bool:
+        """False in --no-main-window runs and tests, where a dialog would block forever."""
+        app = slicer.app
+        if app.testingEnabled():
+            return False
+        try:
+            if app.commandOptions().noMainWindow:
+                return False
+        except AttributeError:
+            pass
+        return slicer.util.mainWindow() is not None
+
+    @staticmethod
+    def _pyTorchUtilsLogic():
+        try:
+            import PyTorchUtils
+        except ImportError:
+            return None
+        return PyTorchUtils.PyTorchUtilsLogic()
+
+    def missingDependencies(self) -> tuple[bool, list[str]]:
+        """(torch missing, other missing requirements): checked without importing anything."""
+        torchLogic = self._pyTorchUtilsLogic()
+        torchMissing = not (torchLogic.torchInstalled() if torchLogic is not None else gui_support.torch_available())
+        return torchMissing, gui_support.missing_requirements()
+
+    def ensureDependencies(self, interactive: Optional[bool] = None) -> None:
+        """Install torch and the other requirements after one confirmation; never ask when headless."""
+        torchMissing, extras = self.missingDependencies()
+        if not torchMissing and not extras:
+            return
+        if interactive is None:
+            interactive = self.isInteractive()
+        if not interactive:
+            raise RuntimeError(gui_support.headless_install_message(torchMissing, extras))
+        torchLogic = self._pyTorchUtilsLogic()
+        text = gui_support.install_confirmation_text(torchMissing, extras, torch_via_extension=torchLogic is not None)
+        if not slicer.util.confirmOkCancelDisplay(text, windowTitle=_("ACTION++: install Python packages")):
+            raise RuntimeError(_("Installation declined: ACTION++ needs these packages to train or predict."))
+        from packaging.requirements import Requirement
+
+        pipEnsure = gui_support.find_pip_ensure(slicer)
+        if torchMissing:
+            if torchLogic is not None:
+                # picks the CUDA build that matches the driver; we already asked
+                torch = gui_support.call_with_supported(
+                    torchLogic.installTorch, askConfirmation=False, torchVersionRequirement=gui_support.TORCH_REQUIREMENT[len("torch"):]
+                )
+                if torch is None:
+                    raise RuntimeError(_("PyTorch was not installed (see the Python console). Install it from the PyTorch module and retry."))
+            elif pipEnsure is not None:
+                gui_support.call_with_supported(
+                    pipEnsure, [Requirement(gui_support.TORCH_REQUIREMENT)], prompt_install=False, requester="ACTION++"
+                )
+            else:
+                slicer.util.pip_install(gui_support.TORCH_REQUIREMENT)
+        if extras:
+            if pipEnsure is not None:
+                gui_support.call_with_supported(
+                    pipEnsure,
+                    [Requirement(r) for r in extras],
+                    skip_packages=list(gui_support.PROTECTED_PACKAGES),
+                    prompt_install=False,
+                    requester="ACTION++",
+                )
+            else:
+                for command in gui_support.pip_install_commands(extras):
+                    slicer.util.pip_install(command)
+        torchMissing, extras = self.missingDependencies()
+        if torchMissing or extras:
+            raise RuntimeError(gui_support.headless_install_message(torchMissing, extras))
+        self._deviceInfo = None
+
+    def deviceInfo(self) -> Optional[dict]:
+        """What torch sees (None while torch is not installed); imports torch once."""
+        if self._deviceInfo is None:
+            torchMissing, _extras = self.missingDependencies()
+            if torchMissing:
+                return None
+            try:
+                from ACTIONPlusPlusLib.device import describe_devices
+
+                self._deviceInfo = describe_devices()
+            except Exception as exc:  # a broken torch install must not break the panel
+                logging.warning("ACTION++: cannot query torch devices: %s", exc)
+                return None
+        return self._deviceInfo
+
+    # -------------------------------------------------------------------------------- scene
+
+    @staticmethod
+    def candidateVolumes() -> list[Any]:
+        """The scene's scalar volumes that can be training data (no labelmaps, no ACTION++ outputs).
+
+        Imports nothing from the Lib beyond gui_support: it runs before the dependencies are installed.
+        """
+        nodes = []
+        for node in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode"):
+            if node.IsA("vtkMRMLLabelMapVolumeNode") or node.GetHideFromEditors():
+                continue
+            if node.GetAttribute(SOURCE_VOLUME_ATTRIBUTE):  # a confidence volume we added
+                continue
+            nodes.append(node)
+        return nodes
+
+    @staticmethod
+    def segmentEntries(segmentationNode) -> list[tuple[str, str]]:
+        """(name, terminology entry) of each segment."""
+        segmentation = segmentationNode.GetSegmentation()
+        return [
+            (segmentation.GetNthSegment(i).GetName() or "", segmentation.GetNthSegment(i).GetTerminology() or "")
+            for i in range(segmentation.GetNumberOfSegments())
+        ]
+
+    @staticmethod
+    def sourceVolume(segmentationNode) -> Any:
+        """The volume a prediction was made on (recorded when it was added), or None."""
+        nodeID = segmentationNode.GetAttribute(SOURCE_VOLUME_ATTRIBUTE)
+        return slicer.mrmlScene.GetNodeByID(nodeID) if nodeID else None
+
+    def selectionProblems(self, pairs: list[tuple[Any, Any]], unlabeled: list[Any], preset: str) -> list[str]:
+        names = {n.GetID(): n.GetName() for pair in pairs for n in pair if n is not None}
+        names.update({n.GetID(): n.GetName() for n in unlabeled})
+        problems = gui_support.selection_problems(
+            [(v.GetID() if v else None, s.GetID() if s else None) for v, s in pairs], [n.GetID() for n in unlabeled], names
+        )
+        for volume, segmentation in pairs:
+            if volume is not None and segmentation is not None and segmentation.IsA("vtkMRMLSegmentationNode"):
+                problem = gui_support.segments_problem(segmentation.GetName(), self.segmentEntries(segmentation), preset)
+                if problem:
+                    problems.append(problem)
+        return problems
+
+    @staticmethod
+    def _voxels(nodes) -> int:
+        return sum(n.GetImageData().GetNumberOfPoints() for n in nodes if n is not None and n.GetImageData() is not None)
+
+    def prepareTrainingJob(
+        self, pairs: list[tuple[Any, Any]], unlabeled: list[Any], settings: gui_support.PanelSettings, predictUnlabeled: bool = True
+    ) -> tuple[Path, gui_support.RunPlan]:
+        """Check the selection and the disk, then export the nodes as a job folder; returns (job.json, plan).
+
+        Raises with a message for the panel; the user's nodes are only read.
+        """
+        from ACTIONPlusPlusLib import scene as bridge
+
+        problems = self.selectionProblems(pairs, unlabeled, settings.preset)
+        if problems:
+            raise ValueError("\n".join(problems))
+        plan = gui_support.plan_run(settings)
+        voxels = self._voxels([v for v, _s in pairs]) + self._voxels(unlabeled)
+        predicted = self._voxels(unlabeled) if predictUnlabeled else 0
+        required = gui_support.required_disk_bytes(voxels, predicted, confidence=settings.confidence)
+        problem = gui_support.free_disk_message(plan.job_dir, required)
+        if problem:
+            raise OSError(problem)
+        options = gui_support.build_job_options(settings, plan)
+        jobPath = bridge.write_training_job(
+            slicer.mrmlScene, pairs, unlabeled, [], plan.job_dir, settings.preset,
+            output_dir=plan.output_dir, predict_unlabeled=predictUnlabeled, **options,
+        )
+        return Path(jobPath), plan
+
+    def preparePredictionJob(self, volumes: list[Any], modelPath: str, settings: gui_support.PanelSettings) -> Path:
+        """Export the volumes as a predict job for an existing model file; returns job.json."""
+        from ACTIONPlusPlusLib import scene as bridge
+
+        volumes = [v for v in volumes if v is not None]
+        if not volumes:
+            raise ValueError(_("Pick the volume to segment."))
+        if not modelPath or modelPath == "." or not os.path.isfile(modelPath):
+            raise ValueError(_("Pick an existing model file (model.pt of a training run)."))
+        if not settings.output_root:
+            raise ValueError(_("Choose an output folder."))
+        jobDir = gui_support.new_run_folder(settings.output_root, prefix="predict")
+        problem = gui_support.free_disk_message(jobDir, gui_support.required_disk_bytes(2 * self._voxels(volumes), confidence=settings.confidence))
+        if problem:
+            raise OSError(problem)
+        options = gui_support.build_job_options(settings)
+        options.update(mode="predict", model=modelPath, resume=False)
+        jobPath = bridge.write_training_job(slicer.mrmlScene, [], [], volumes, jobDir, settings.preset, **options)
+        return Path(jobPath)
+
+    # ------------------------------------------------------------------------------- worker
+
+    def startWorker(self, jobPath: Path, device: str = "auto"):
+        """Start the worker process on a job (with Slicer's own Python); poll it with ``poll_events()``."""
+        from ACTIONPlusPlusLib.runner import WorkerProcess
+
+        worker = WorkerProcess(str(jobPath), force_cpu=(device or "").lower() == "cpu")
+        worker.start()
+        return worker
+
+    def runWorkerBlocking(
+        self, jobPath: Path, device: str = "auto", timeout: Optional[float] = None, callback: Optional[Callable[[dict], None]] = None
+    ) -> WorkerOutcome:
+        """Run a job to the end (batch scripts, the self-test). ``callback`` gets every event."""
+        worker = self.startWorker(jobPath, device)
+        tracker = gui_support.ProgressTracker()
+        events: list[dict] = []
+        start = time.monotonic()
+        try:
+            while True:
+                for event in worker.poll_events():
+                    events.append(event)
+                    line = tracker.handle(event)
+                    if line:
+                        logging.info("ACTION++: %s", line)
+                    if callback is not None:
+                        callback(event)
+                if not worker.is_running:
+                    for event in worker.poll_events():
+                        events.append(event)
+                        tracker.handle(event)
+                    break
+                if timeout is not None and time.monotonic() - start > timeout:
+                    worker.cancel()
+                    raise TimeoutError(f"the worker did not finish within {timeout:.0f} s")
+                time.sleep(0.2)
+                if slicer.app is not None:
+                    slicer.app.processEvents()
+        except BaseException:
+            if worker.is_running:
+                worker.cancel()
+            raise
+        return WorkerOutcome(worker.exit_code, events, tracker, list(worker.log_lines))
+
+    def loadResults(self, jobDir: Path, events: Optional[list[dict]] = None, withConfidence: bool = False) -> list:
+        """Add the job's predictions as new segmentation nodes (and confidence volumes)."""
+        from ACTIONPlusPlusLib import scene as bridge
+
+        imports = bridge.load_predictions(slicer.mrmlScene, jobDir, events, with_confidence=withConfidence)
+        for item in imports:
+            if item.segmentation_node is not None and item.volume_node is not None:
+                item.segmentation_node.SetAttribute(SOURCE_VOLUME_ATTRIBUTE, item.volume_node.GetID())
+            confidence = getattr(item, "confidence_node", None)
+            if confidence is not None and item.volume_node is not None:
+                confidence.SetAttribute(SOURCE_VOLUME_ATTRIBUTE, item.volume_node.GetID())
+        return imports
+
+    @staticmethod
+    def showResults(imports: list) -> None:
+        """Show the last prediction over its volume in the slice views."""
+        shown = [i for i in imports if i.segmentation_node is not None and i.volume_node is not None]
+        if not shown or slicer.app.layoutManager() is None:
+            return
+        last = shown[-1]
+        slicer.util.setSliceViewerLayers(background=last.volume_node, fit=True)
+        displayNode = last.segmentation_node.GetDisplayNode()
+        if displayNode is not None:
+            displayNode.SetVisibility(True)
+
+
+#
+# ACTIONPlusPlusTest
+#
+
+
+class ACTIONPlusPlusTest(ScriptedLoadableModuleTest):
+    """Phantom volumes and segmentations in the scene, a quick CPU training through the real worker,
+    predictions checked for names, geometry and a Dice above chance; bad input leaves nodes untouched."""
+
+    PRESET = "acdc"
+    # small enough for a CPU in a couple of minutes, both stages included
+    OVERRIDES = {
+        "patch_size": [64, 64],
+        "pretrain_warmup_iterations": 4,
+        "pretrain_joint_iterations": 4,
+        "finetune_iterations": 60,
+        "pretrain_labeled_batch": 2,
+        "pretrain_unlabeled_batch": 2,
+        "finetune_labeled_batch": 4,
+        "finetune_unlabeled_batch": 2,
+        "local_window": 32,
+        "local_stride": 32,
+        "log_every": 5,
+        "checkpoint_every": 1000,
+        "amp": False,
+    }
+
+    def setUp(self) -> None:
+        slicer.mrmlScene.Clear()
+
+    def runTest(self) -> None:
+        self.setUp()
+        self.test_BadInputLeavesNodesUntouched()
+        self.setUp()
+        self.test_TrainAndPredictPhantom()
+
+    def _phantomScene(self, count: int):
+        import numpy as np
+
+        from ACTIONPlusPlusLib import scene as bridge
+        from ACTIONPlusPlusLib.data import phantoms
+
+        rng = np.random.default_rng(7)
+        cases, volumes = [], []
+        for index in range(count):
+            case = phantoms.cardiac_phantom_case(rng, f"Phantom{index}", num_slices=4, size=(64, 64))
+            cases.append(case)
+            volumes.append(bridge.volume_node_from_case(slicer.mrmlScene, case, case.id))
+        return cases, volumes
+
+    def _truthSegmentation(self, case, volume):
+        from ACTIONPlusPlusLib import scene as bridge
+
+        return bridge.add_prediction_to_scene(slicer.mrmlScene, case.label, volume, self.PRESET, name=f"{case.id} truth")
+
+    @staticmethod
+    def _mtimes(nodes) -> dict:
+        return {n.GetID(): n.GetMTime() for n in nodes}
+
+    def _settings(self, outputRoot: str) -> gui_support.PanelSettings:
+        return gui_support.PanelSettings(
+            preset=self.PRESET, iterations_mode="custom", custom_iterations=(4, 4, 60), device="cpu",
+            output_root=outputRoot, extra_overrides=dict(self.OVERRIDES), seed=0,
+        )
+
+    def _logicWithDependencies(self) -> "ACTIONPlusPlusLogic":
+        """The logic, or a skipped test when torch & co are not installed (tests never install them)."""
+        logic = ACTIONPlusPlusLogic()
+        try:
+            logic.ensureDependencies(interactive=False)
+        except RuntimeError as exc:
+            self.delayDisplay(str(exc))
+            self.skipTest(str(exc))
+        return logic
+
+    def test_BadInputLeavesNodesUntouched(self) -> None:
+        self.delayDisplay("Bad input gives a message and changes no node")
+        logic = self._logicWithDependencies()
+        cases, volumes = self._phantomScene(2)
+        truth = self._truthSegmentation(cases[0], volumes[0])
+        wrong = self._truthSegmentation(cases[0], volumes[0])
+        wrong.SetName("Unrelated")
+        for index in range(wrong.GetSegmentation().GetNumberOfSegments()):
+            segment = wrong.GetSegmentation().GetNthSegment(index)
+            segment.SetName(f"Liver {index}")
+            segment.SetTerminology("")
+        before = self._mtimes(volumes + [truth, wrong])
+        outputRoot = tempfile.mkdtemp(prefix="ACTIONPlusPlusTest-")
+        settings = self._settings(outputRoot)
+
+        bad = {
+            "no labeled pair": ([], [volumes[1]]),
+            "no preset segment": ([(volumes[0], wrong)], [volumes[1]]),
+            "also unlabeled": ([(volumes[0], truth)], [volumes[0], volumes[1]]),
+        }
+        for label, (pairs, unlabeled) in bad.items():
+            with self.assertRaises(Exception, msg=label) as caught:
+                logic.prepareTrainingJob(pairs, unlabeled, settings)
+            self.assertTrue(str(caught.exception).strip(), f"{label}: empty message")
+        messages = logic.selectionProblems([(volumes[0], wrong)], [], self.PRESET)
+        self.assertTrue(any("Liver" in m for m in messages), messages)
+
+        # no free disk: checked with shutil.disk_usage before anything is written
+        original = shutil.disk_usage
+        shutil.disk_usage = lambda path: collections.namedtuple("usage", "total used free")(100, 100, 0)
+        try:
+            with self.assertRaises(OSError) as caught:
+                logic.prepareTrainingJob([(volumes[0], truth)], [volumes[1]], settings)
+            self.assertIn("disk", str(caught.exception))
+        finally:
+            shutil.disk_usage = original
+
+        self.assertEqual(before, self._mtimes(volumes + [truth, wrong]))
+        self.assertEqual([p for p in Path(outputRoot).iterdir()], [], "nothing written for rejected input")
+        self.delayDisplay("Bad input test passed")
+
+    def test_TrainAndPredictPhantom(self) -> None:
+        import numpy as np
+
+        from ACTIONPlusPlusLib import scene as bridge
+        from ACTIONPlusPlusLib import terminology
+
+        self.delayDisplay("Quick ACTION++ training on phantoms (CPU, real worker)")
+        logic = self._logicWithDependencies()
+        cases, volumes = self._phantomScene(5)
+        truths = [self._truthSegmentation(cases[i], volumes[i]) for i in range(3)]
+        pairs = list(zip(volumes[:3], truths))
+        unlabeled = volumes[3:]
+        before = self._mtimes(volumes + truths)
+
+        outputRoot = tempfile.mkdtemp(prefix="ACTIONPlusPlusTest-")
+        jobPath, plan = logic.prepareTrainingJob(pairs, unlabeled, self._settings(outputRoot))
+        outcome = logic.runWorkerBlocking(jobPath, "cpu", timeout=1800)
+        self.assertEqual(outcome.returncode, 0, f"{outcome.message}\n" + "\n".join(outcome.log[-30:]))
+        self.assertTrue(outcome.tracker.model_path and os.path.isfile(outcome.tracker.model_path))
+        self.assertAlmostEqual(outcome.tracker.percent, 100.0)
+
+        imports = logic.loadResults(jobPath.parent, outcome.events)
+        self.assertEqual(len(imports), len(unlabeled), [i.message for i in imports])
+        expectedNames = [info.name for info in terminology.classes(self.PRESET)]
+        for item, case, volume in zip(sorted(imports, key=lambda i: i.volume_node.GetName()), cases[3:], unlabeled):
+            self.assertIs(item.volume_node, volume)
+            segmentation = item.segmentation_node.GetSegmentation()
+            names = [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())]
+            self.assertEqual(names, expectedNames)
+            # geometry: the prediction's labelmap lies on the volume's voxel grid
+            labelmap = slicer.vtkOrientedImageData()
+            item.segmentation_node.GetBinaryLabelmapRepresentation(segmentation.GetNthSegmentID(0), labelmap)
+            np.testing.assert_allclose(labelmap.GetSpacing(), volume.GetSpacing(), rtol=1e-6)
+            np.testing.assert_allclose(labelmap.GetOrigin(), volume.GetOrigin(), atol=1e-4)
+            directions, volumeDirections = vtk.vtkMatrix4x4(), vtk.vtkMatrix4x4()
+            labelmap.GetDirectionMatrix(directions)
+            volume.GetIJKToRASDirectionMatrix(volumeDirections)
+            for r in range(3):
+                for c in range(3):
+                    self.assertAlmostEqual(directions.GetElement(r, c), volumeDirections.GetElement(r, c), places=5)
+            predicted = bridge.label_from_node(item.segmentation_node, volume, self.PRESET)
+            self.assertEqual(predicted.shape, case.label.shape)
+            self.assertEqual(logic.sourceVolume(item.segmentation_node), volume)
+            scores = [gui_support.dice(predicted, case.label, info.value) for info in terminology.classes(self.PRESET)]
+            chance = [gui_support.chance_dice(case.label, info.value) for info in terminology.classes(self.PRESET)]
+            logging.info("ACTION++ self-test %s: Dice %s, chance %s", volume.GetName(), np.round(scores, 3), np.round(chance, 3))
+            self.assertGreater(float(np.mean(scores)), float(np.mean(chance)), f"Dice {scores} not above chance {chance}")
+
+        self.assertEqual(before, self._mtimes(volumes + truths), "the user's nodes were modified")
+        self.delayDisplay("Training test passed")

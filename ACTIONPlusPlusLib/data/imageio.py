@@ -1,0 +1,239 @@
+"""Read and write :class:`Case` images through SimpleITK, keeping spacing, origin and direction.
+
+Arrays are in SimpleITK order (z, y, x); geometry is LPS, (x, y, z) (docs/ARCHITECTURE.md).  A 2D
+image (or a 4D image whose last axis has size 1) is read as a one-slice 3D volume so that every Case is
+(z, y, x).  Writes are atomic: the file is written under a temporary name with the same suffix in the
+same folder (SimpleITK picks the format from the suffix) and renamed over the target.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from ..errors import DataError
+from ..io_utils import atomic_write
+from .types import Case
+
+#: File suffixes read and written by this module, longest first so that ``.seg.nrrd`` wins over ``.nrrd``.
+IMAGE_SUFFIXES: tuple[str, ...] = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".mha")
+#: Suffixes :func:`write_image` / :func:`write_label` accept.
+WRITE_SUFFIXES: tuple[str, ...] = IMAGE_SUFFIXES
+
+_EXTENT_TOLERANCE_VOXELS = 0.5
+
+
+def split_suffix(name: str | Path) -> tuple[str, str]:
+    """``"case1.nii.gz"`` -> ``("case1", ".nii.gz")``; ``("name", "")`` for an unknown suffix."""
+    name = Path(name).name
+    low = name.lower()
+    for suffix in IMAGE_SUFFIXES:
+        if low.endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)], name[-len(suffix):]
+    return name, ""
+
+
+def has_image_suffix(path: str | Path) -> bool:
+    return split_suffix(path)[1] != ""
+
+
+# ---------------------------------------------------------------------------------------------------
+# reading
+
+
+def _read_sitk(path: Path) -> sitk.Image:
+    if not path.is_file():
+        raise DataError(f"image file not found: {path}")
+    try:
+        return sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown error"
+        raise DataError(f"cannot read {path}: {first}") from exc
+
+
+def _as_scalar_3d(image: sitk.Image, path: Path) -> sitk.Image:
+    """A scalar 3D image, or a DataError naming ``path`` for multi-channel / 4D / 1D data."""
+    components = image.GetNumberOfComponentsPerPixel()
+    if components != 1:
+        raise DataError(
+            f"{path}: has {components} channels per pixel (e.g. RGB or a vector image); "
+            "only single-channel grayscale images are supported"
+        )
+    dim = image.GetDimension()
+    if dim == 4:
+        size = list(image.GetSize())
+        if size[3] != 1:
+            raise DataError(
+                f"{path}: is a 4D image (size {tuple(size)}); only 2D or 3D images are supported, "
+                "extract one frame/channel first"
+            )
+        image = sitk.Extract(image, size[:3] + [0], [0, 0, 0, 0])
+        dim = 3
+    if dim == 2:
+        image = sitk.JoinSeries(image)  # (x, y) -> (x, y, 1): direction embedded, z spacing 1
+        dim = 3
+    if dim != 3:
+        raise DataError(f"{path}: is a {dim}D image; only 2D or 3D images are supported")
+    return image
+
+
+def _geometry_equal(a: sitk.Image, b: sitk.Image) -> bool:
+    if a.GetSize() != b.GetSize():
+        return False
+    spacing_a = np.asarray(a.GetSpacing())
+    if not np.allclose(spacing_a, b.GetSpacing(), rtol=1e-5, atol=1e-6):
+        return False
+    if not np.allclose(a.GetDirection(), b.GetDirection(), atol=1e-5):
+        return False
+    return bool(np.allclose(a.GetOrigin(), b.GetOrigin(), atol=1e-3 * float(spacing_a.min()) + 1e-6))
+
+
+def _extent_in_index_space(moving: sitk.Image, reference: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
+    """Bounding box, in ``reference``'s continuous index space, of ``moving``'s voxel-edge corners."""
+    size = np.asarray(moving.GetSize(), dtype=float)
+    corners = []
+    for bits in range(8):
+        idx = [(-0.5 if (bits >> k) & 1 == 0 else size[k] - 0.5) for k in range(3)]
+        point = moving.TransformContinuousIndexToPhysicalPoint(idx)
+        corners.append(reference.TransformPhysicalPointToContinuousIndex(point))
+    arr = np.asarray(corners)
+    return arr.min(axis=0), arr.max(axis=0)
+
+
+def _check_integer_labels(array: np.ndarray, path: Path) -> np.ndarray:
+    if array.dtype == np.uint8:
+        return array
+    if not np.issubdtype(array.dtype, np.integer):
+        if not np.all(np.isfinite(array)):
+            raise DataError(f"label file {path}: contains NaN/Inf values")
+        if not np.array_equal(array, np.round(array)):
+            raise DataError(
+                f"label file {path}: has non-integer values (pixel type {array.dtype}); "
+                "a label map must hold integer class indices"
+            )
+    lo, hi = (array.min(), array.max()) if array.size else (0, 0)
+    if lo < 0 or hi > 255:
+        raise DataError(f"label file {path}: values must be class indices in 0..255, found range {lo}..{hi}")
+    return array.astype(np.uint8)
+
+
+def _label_on_image_grid(label: sitk.Image, image: sitk.Image, label_path: Path, image_path: Path) -> sitk.Image:
+    if _geometry_equal(label, image):
+        label = sitk.Image(label)
+        label.CopyInformation(image)  # absorb float rounding (e.g. NIfTI float32 qform vs sform)
+        return label
+    lo, hi = _extent_in_index_space(label, image)
+    size = np.asarray(image.GetSize(), dtype=float)
+    tol = _EXTENT_TOLERANCE_VOXELS + 1e-6
+    if np.all(np.abs(lo + 0.5) <= tol) and np.all(np.abs(hi - (size - 0.5)) <= tol):
+        return sitk.Resample(label, image, sitk.Transform(), sitk.sitkNearestNeighbor, 0, label.GetPixelID())
+    raise DataError(
+        f"label {label_path} does not cover the same physical region as image {image_path}: "
+        f"label size {label.GetSize()} spacing {_fmt(label.GetSpacing())} origin {_fmt(label.GetOrigin())} vs "
+        f"image size {image.GetSize()} spacing {_fmt(image.GetSpacing())} origin {_fmt(image.GetOrigin())} "
+        "(a label on another grid is only resampled when both span the same extent within half a voxel)"
+    )
+
+
+def _fmt(values: tuple[float, ...]) -> str:
+    return "(" + ", ".join(f"{v:g}" for v in values) + ")"
+
+
+def read_case(path: str | Path, case_id: str | None = None, label_path: str | Path | None = None) -> Case:
+    """Read an image (and optional label map) into a Case with its geometry.
+
+    The image becomes float32 (z, y, x).  A label on a different grid is resampled (nearest neighbour)
+    onto the image grid when both span the same physical extent within half an image voxel; otherwise a
+    DataError names both files.  Label values must be integers in 0..255 (cast to uint8).
+    """
+    path = Path(path)
+    image = _as_scalar_3d(_read_sitk(path), path)
+    array = sitk.GetArrayFromImage(image)
+    if np.iscomplexobj(array):
+        raise DataError(f"{path}: has complex pixels; only real-valued images are supported")
+    label_array = None
+    if label_path is not None:
+        label_path = Path(label_path)
+        label = _as_scalar_3d(_read_sitk(label_path), label_path)
+        checked = _check_integer_labels(sitk.GetArrayFromImage(label), label_path)
+        label = _with_array(checked, label)
+        label = _label_on_image_grid(label, image, label_path, path)
+        label_array = np.ascontiguousarray(sitk.GetArrayFromImage(label).astype(np.uint8, copy=False))
+    return Case(
+        id=case_id if case_id is not None else split_suffix(path)[0],
+        image=np.ascontiguousarray(array.astype(np.float32, copy=False)),
+        label=label_array,
+        spacing=tuple(float(v) for v in image.GetSpacing()),
+        origin=tuple(float(v) for v in image.GetOrigin()),
+        direction=tuple(float(v) for v in image.GetDirection()),
+        path=path,
+    )
+
+
+def _with_array(array: np.ndarray, like: sitk.Image) -> sitk.Image:
+    out = sitk.GetImageFromArray(array)
+    out.CopyInformation(like)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# writing
+
+
+def to_sitk(array: np.ndarray, like: Case | None = None) -> sitk.Image:
+    """A (z, y, x) array as a SimpleITK image carrying ``like``'s geometry (unit/identity when None)."""
+    array = np.asarray(array)
+    if array.ndim != 3:
+        raise DataError(f"expected a (z, y, x) array, got shape {array.shape}")
+    if like is not None and tuple(array.shape) != tuple(like.image.shape):
+        raise DataError(
+            f"array shape {array.shape} does not match case {like.id!r} image shape {tuple(like.image.shape)}"
+        )
+    image = sitk.GetImageFromArray(np.ascontiguousarray(array))
+    if like is not None:
+        if like.spacing is not None:
+            image.SetSpacing([float(v) for v in like.spacing])
+        if like.origin is not None:
+            image.SetOrigin([float(v) for v in like.origin])
+        if like.direction is not None:
+            image.SetDirection([float(v) for v in like.direction])
+    return image
+
+
+def _write_sitk(image: sitk.Image, path: Path) -> Path:
+    path = Path(path)
+    stem, suffix = split_suffix(path)
+    if suffix not in WRITE_SUFFIXES:
+        raise DataError(f"cannot write {path}: use one of {', '.join(WRITE_SUFFIXES)}")
+    compress = suffix != ".nii"
+
+    def write(tmp: Path) -> None:
+        # SimpleITK chooses the writer from the suffix, so write beside the temp file with the real
+        # suffix and move that onto the temp name atomic_write then fsyncs and renames into place.
+        sibling = tmp.with_name(tmp.name + suffix)
+        try:
+            sitk.WriteImage(image, str(sibling), compress)
+            os.replace(sibling, tmp)
+        finally:
+            sibling.unlink(missing_ok=True)
+
+    return atomic_write(path, write)
+
+
+def write_image(path: str | Path, array: np.ndarray, like: Case | None) -> Path:
+    """Write a (z, y, x) image (float32 unless it is an integer array) with ``like``'s geometry."""
+    array = np.asarray(array)
+    if not np.issubdtype(array.dtype, np.integer):
+        array = array.astype(np.float32, copy=False)
+    return _write_sitk(to_sitk(array, like), Path(path))
+
+
+def write_label(path: str | Path, labels: np.ndarray, like: Case | None) -> Path:
+    """Write a (z, y, x) uint8 label map with ``like``'s geometry (NIfTI or NRRD by suffix)."""
+    labels = np.asarray(labels)
+    if labels.dtype != np.uint8:
+        labels = _check_integer_labels(labels, Path(path))
+    return _write_sitk(to_sitk(labels, like), Path(path))

@@ -1,0 +1,156 @@
+"""The headless batch script under plain Python + slicer-core: files in, .seg.nrrd out, exit codes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+slicer = pytest.importorskip("slicer", reason="slicer-core is not installed (pip install slicer-core==5.11.0.6)")
+import slicer.util  # noqa: E402
+
+from ACTIONPlusPlusLib import scene as bridge  # noqa: E402
+from ACTIONPlusPlusLib import terminology  # noqa: E402
+from ACTIONPlusPlusLib.data.imageio import write_image, write_label  # noqa: E402
+from ACTIONPlusPlusLib.data.phantoms import cardiac_phantom_case  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "ACTIONPlusPlus" / "ACTIONPlusPlusBatch.py"
+TINY_SET = [
+    "base_channels=4", "patch_size=32,32", "log_every=1", "checkpoint_every=2", "latent_dim=32",
+    "representation_dim=16", "local_window=16", "local_stride=16", "local_pool=4", "saacl_queue_size=64",
+    "anco_queries=16", "anco_negatives=32", "saacl_anchors_per_class=16", "pretrain_labeled_batch=2",
+    "pretrain_unlabeled_batch=2", "finetune_labeled_batch=2", "finetune_unlabeled_batch=2", "num_threads=1",
+]
+LEFT_HANDED = (0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0)  # x and y swapped: det -1
+
+
+def run_batch(*args, timeout=300):
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the script finds the Lib itself
+    return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, env=env, cwd=REPO)
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("batch_in")
+    rng = np.random.default_rng(1)
+    cases = {}
+    for name in ("a", "b", "u", "p"):
+        case = cardiac_phantom_case(rng, name, num_slices=3, size=(48, 48))
+        case.direction, case.spacing, case.origin = LEFT_HANDED, (1.3, 1.5, 8.0), (5.0, 6.0, -7.0)
+        cases[name] = case
+    write_image(root / "a.nrrd", cases["a"].image, cases["a"])
+    write_image(root / "b.nii.gz", cases["b"].image, cases["b"])
+    write_label(root / "b_label.nii.gz", cases["b"].label, cases["b"])
+    write_image(root / "u.nrrd", cases["u"].image, cases["u"])
+    write_image(root / "p.nii.gz", cases["p"].image, cases["p"])
+    # a.seg.nrrd: a real Slicer segmentation with synonyms as names, made through MRML
+    scene = slicer.vtkMRMLScene()
+    volume = bridge.load_volume_file(scene, root / "a.nrrd")
+    labels = cases["a"].label
+    case_mrml = bridge.case_from_volume_node(volume)
+    # Slicer's reader may flip a left-handed file: put the label through the same geometry
+    import SimpleITK as sitk
+
+    ref = sitk.ReadImage(str(root / "a.nrrd"))
+    lab_img = sitk.GetImageFromArray(labels)
+    lab_img.CopyInformation(ref)
+    target = sitk.Image(case_mrml.image.shape[::-1], sitk.sitkUInt8)
+    target.SetSpacing(case_mrml.spacing), target.SetOrigin(case_mrml.origin), target.SetDirection(case_mrml.direction)
+    on_grid = sitk.GetArrayFromImage(sitk.Resample(lab_img, target, sitk.Transform(), sitk.sitkNearestNeighbor))
+    lm = bridge.volume_node_from_case(scene, case_mrml, "lm", labelmap=True, array=on_grid)
+    seg = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "a seg")
+    seg.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+    assert slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(lm, seg)
+    names = {1: "right ventricle", 2: "LV Myocardium", 3: "lv blood pool"}
+    for i in range(seg.GetSegmentation().GetNumberOfSegments()):
+        segment = seg.GetSegmentation().GetNthSegment(i)
+        segment.SetName(names[segment.GetLabelValue()])
+    bridge.save_node(seg, root / "a.seg.nrrd")
+    return root
+
+
+def test_batch_trains_predicts_and_saves_segmentations(inputs, tmp_path):
+    out = tmp_path / "out"
+    args = ["--preset", "acdc", "--labeled", f"{inputs / 'a.nrrd'}:{inputs / 'a.seg.nrrd'}",
+            "--labeled", f"{inputs / 'b.nii.gz'}:{inputs / 'b_label.nii.gz'}", "--unlabeled", inputs / "u.nrrd",
+            "--predict", inputs / "p.nii.gz", "--out", out, "--iterations", "2,2,3", "--device", "cpu",
+            "--confidence"]
+    for item in TINY_SET:
+        args += ["--set", item]
+    result = run_batch("--", *args)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert "overall 7/7" in result.stdout and "finished: 2 segmentation(s)" in result.stdout
+    produced = sorted(p.name for p in out.glob("*.seg.nrrd"))
+    assert produced == ["p ACTION++.seg.nrrd", "u ACTION++.seg.nrrd"]
+    assert (out / "u ACTION++ confidence.nrrd").is_file()
+    # reload: names, colours, terminology; geometry consistent with the input image
+    scene = slicer.vtkMRMLScene()
+    volume = bridge.load_volume_file(scene, inputs / "u.nrrd")
+    seg = bridge.load_segmentation_file(scene, out / "u ACTION++.seg.nrrd")
+    segmentation = seg.GetSegmentation()
+    for info in terminology.classes("acdc"):
+        segment = segmentation.GetSegment(segmentation.GetSegmentIdBySegmentName(info.name))
+        assert segment is not None and segment.GetTerminology() == info.terminology_entry
+        assert np.allclose(segment.GetColor(), np.array(info.rgb) / 255.0, atol=1e-6)
+    scratch = slicer.vtkMRMLScene()
+    exported = scratch.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
+    ids = [segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments())]
+    assert slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(
+        seg, ids, exported, volume, 0, bridge._preset_color_table(scratch, "acdc"))
+    saved = slicer.util.arrayFromVolume(exported)
+    # the worker's own prediction file, brought onto the same volume through geometry
+    prediction = out / "job" / "run" / "predictions" / "u.nrrd"
+    pred_node = bridge.load_volume_file(scene, prediction, labelmap=True)
+    assert bridge._same_grid(pred_node, volume)
+    assert np.array_equal(saved, slicer.util.arrayFromVolume(pred_node))
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--preset", "acdc", "--out", "{tmp}"], "no --labeled"),
+        (["--preset", "acdc", "--labeled", "nope.nrrd:nope.seg.nrrd", "--out", "{tmp}"], "not found"),
+        (["--preset", "acdc", "--labeled", "{in}/a.nrrd", "--out", "{tmp}"], "IMAGE:LABEL"),
+        (["--preset", "la", "--labeled", "{in}/a.nrrd:{in}/a.seg.nrrd", "--out", "{tmp}"], "none of the LA"),
+        (["--preset", "acdc", "--labeled", "{in}/a.nrrd:{in}/a.seg.nrrd", "--unlabeled", "{in}/a.nrrd", "--out", "{tmp}"],
+         "both labeled and unlabeled"),
+        (["--preset", "acdc", "--scene", "{in}/scene.mrb", "--out", "{tmp}"], "needs the Slicer application"),
+        (["--preset", "acdc", "--labeled", "{in}/a.nrrd:{in}/a.seg.nrrd", "--iterations", "1,2", "--out", "{tmp}"],
+         "three numbers"),
+        (["--preset", "acdc", "--labeled", "{in}/a.nrrd:{in}/a.seg.nrrd", "--set", "bogus=1", "--out", "{tmp}"],
+         "unknown config key"),
+        (["--preset", "acdc", "--mode", "predict", "--predict", "{in}/p.nii.gz", "--out", "{tmp}"], "needs --model"),
+        (["--preset", "brain", "--out", "{tmp}"], "invalid choice"),
+    ],
+)
+def test_bad_arguments_exit_2_quickly(batch_module, inputs, tmp_path, capsys, args, message):
+    """In-process (the script's logic under plain Python): no worker is started for bad input."""
+    args = [a.replace("{in}", str(inputs)).replace("{tmp}", str(tmp_path / "o")) for a in args]
+    code = batch_module.main(args)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert message in err, err
+    assert "Traceback" not in err
+    assert not (tmp_path / "o" / "job" / "run").exists()
+
+
+@pytest.fixture(scope="module")
+def batch_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ACTIONPlusPlusBatch", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_usage_error_and_help_exit_codes(batch_module, capsys):
+    assert batch_module.main(["--help"]) == 0
+    assert "--labeled" in capsys.readouterr().out
+    assert batch_module.main([]) == 2

@@ -1,0 +1,429 @@
+"""The panel's pure-Python helpers (ACTIONPlusPlusLib.gui_support), tested without Slicer or Qt."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import types
+from collections import namedtuple
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ACTIONPlusPlusLib import config, gui_support as gs
+
+# ----------------------------------------------------------------------------------------------- presets
+
+
+def test_gui_support_imports_no_qt_slicer_or_torch():
+    source = Path(gs.__file__).read_text()
+    for name in ("import qt", "import slicer", "import torch", "import ctk", "from slicer", "from torch"):
+        assert name not in source
+
+
+def test_preset_summary_names_network_classes_and_segments():
+    la = gs.preset_summary("la")
+    assert "3D V-Net" in la and "2 classes" in la and "LA" in la
+    acdc = gs.preset_summary("acdc")
+    assert "2D U-Net" in acdc and "4 classes" in acdc
+    for name in ("RV", "Myo", "LV"):
+        assert name in acdc
+
+
+def test_iterations_paper_follow_the_preset():
+    for name in config.PRESETS:
+        cfg = config.preset(name)
+        assert gs.iterations_for(name, "paper") == {
+            "pretrain_warmup_iterations": cfg.pretrain_warmup_iterations,
+            "pretrain_joint_iterations": cfg.pretrain_joint_iterations,
+            "finetune_iterations": cfg.finetune_iterations,
+        }
+
+
+def test_iterations_quick_is_small_and_has_both_stages():
+    for name in config.PRESETS:
+        quick = gs.iterations_for(name, "QUICK")
+        paper = gs.iterations_for(name, "paper")
+        assert set(quick) == set(gs.ITERATION_KEYS)
+        assert all(v > 0 for v in quick.values())
+        assert sum(quick.values()) * 10 <= sum(paper.values())
+        # the quick numbers are valid config overrides
+        config.preset(name, **quick)
+
+
+def test_iterations_custom_and_errors():
+    assert gs.iterations_for("la", "custom", (1, 2, 3)) == dict(zip(gs.ITERATION_KEYS, (1, 2, 3)))
+    assert gs.iterations_for("acdc", "custom", (0, 0, 5))["finetune_iterations"] == 5
+    with pytest.raises(ValueError, match="three numbers"):
+        gs.iterations_for("la", "custom", (1, 2))
+    with pytest.raises(ValueError, match=">= 0"):
+        gs.iterations_for("la", "custom", (1, -2, 3))
+    with pytest.raises(ValueError, match="at least one"):
+        gs.iterations_for("la", "custom", (0, 0, 0))
+    with pytest.raises(ValueError, match="unknown iterations mode"):
+        gs.iterations_for("la", "slow")
+    with pytest.raises(ValueError, match="unknown preset"):
+        gs.iterations_for("brain", "paper")
+    assert gs.iterations_summary({"pretrain_warmup_iterations": 1, "pretrain_joint_iterations": 2, "finetune_iterations": 3}).endswith("(total 6)")
+
+
+# ------------------------------------------------------------------------------- run plan, job options
+
+
+def test_new_run_folder_is_unique_and_timestamped(tmp_path):
+    now = 1_700_000_000.0
+    first = gs.new_run_folder(tmp_path, now)
+    assert first.parent == tmp_path and first.name.startswith("run-")
+    first.mkdir()
+    second = gs.new_run_folder(tmp_path, now)
+    assert second != first and second.name == first.name + "-2"
+    assert gs.new_run_folder(tmp_path, now, prefix="predict").name.startswith("predict-")
+
+
+def test_plan_run_fresh_resume_and_continue(tmp_path):
+    settings = gs.PanelSettings(preset="la", output_root=str(tmp_path))
+    plan = gs.plan_run(settings, now=1_700_000_000.0)
+    assert plan.mode == "train" and not plan.resume and plan.model is None
+    assert plan.job_dir.parent == tmp_path and plan.output_dir == plan.job_dir / gs.RUN_OUTPUT
+    assert "New run" in plan.description
+
+    settings.continue_training = True
+    with pytest.raises(ValueError, match="no previous run"):
+        gs.plan_run(settings)
+
+    # an interrupted run (checkpoint, no model) is resumed in place
+    interrupted = tmp_path / "run-20240101-000000" / gs.RUN_OUTPUT
+    interrupted.mkdir(parents=True)
+    (interrupted / "checkpoint.pt").write_bytes(b"x")
+    plan = gs.plan_run(settings)
+    assert plan.resume and plan.mode == "train" and plan.job_dir == interrupted.parent
+    assert "Resuming" in plan.description
+
+    # a newer finished run is the warm start of a new run
+    finished = tmp_path / "run-20240202-000000" / gs.RUN_OUTPUT
+    finished.mkdir(parents=True)
+    (finished / "model.pt").write_bytes(b"x")
+    later = (interrupted / "checkpoint.pt").stat().st_mtime + 10
+    os.utime(finished / "model.pt", (later, later))
+    plan = gs.plan_run(settings, now=1_800_000_000.0)
+    assert plan.mode == "continue" and not plan.resume
+    assert plan.model == str(finished / "model.pt")
+    assert plan.job_dir not in (finished.parent, interrupted.parent)
+    assert "Continuing" in plan.description
+
+    with pytest.raises(ValueError, match="output folder"):
+        gs.plan_run(gs.PanelSettings(output_root=""))
+
+
+def test_build_job_options_matches_the_job_fields(tmp_path):
+    settings = gs.PanelSettings(preset="acdc", iterations_mode="quick", device="GPU", confidence=True, seed=3,
+                                output_root=str(tmp_path), extra_overrides={"patch_size": [64, 64]})
+    plan = gs.plan_run(settings)
+    options = gs.build_job_options(settings, plan)
+    assert options["device"] == "cuda"
+    assert options["write_confidence"] is True and options["seed"] == 3
+    assert options["mode"] == "train" and options["resume"] is False and options["model"] is None
+    assert options["overrides"] == {**gs.QUICK_ITERATIONS["acdc"], "patch_size": [64, 64]}
+    config.preset("acdc", **options["overrides"])  # valid overrides
+
+    from ACTIONPlusPlusLib.jobs import TrainingJob
+
+    fields = {f for f in TrainingJob.__dataclass_fields__}
+    assert set(options) <= fields, set(options) - fields
+
+    assert gs.build_job_options(gs.PanelSettings(device="CPU"))["device"] == "cpu"
+    assert gs.build_job_options(gs.PanelSettings(device="cuda:1"))["device"] == "cuda:1"
+    with pytest.raises(ValueError, match="unknown device"):
+        gs.build_job_options(gs.PanelSettings(device="tpu"))
+
+
+def test_job_options_are_accepted_by_write_training_job(tmp_path):
+    pytest.importorskip("slicer", reason="slicer-core is not installed")
+    from ACTIONPlusPlusLib import scene as bridge
+
+    accepted = gs.accepted_keywords(bridge.write_training_job)
+    options = gs.build_job_options(gs.PanelSettings(output_root=str(tmp_path)))
+    assert accepted is None or set(options) <= accepted, set(options) - (accepted or set())
+    assert accepted is None or "output_dir" in accepted
+
+
+def test_call_with_supported_drops_unknown_keywords():
+    def old_api(requirements, prompt_install=True):
+        return requirements, prompt_install
+
+    def new_api(requirements, **kwargs):
+        return requirements, kwargs
+
+    assert gs.call_with_supported(old_api, ["a"], prompt_install=False, skip_packages=["torch"]) == (["a"], False)
+    assert gs.call_with_supported(new_api, ["a"], skip_packages=["torch"]) == (["a"], {"skip_packages": ["torch"]})
+    kept, dropped = gs.adapt_options({"a": 1, "b": 2, "c": None}, {"a"})
+    assert kept == {"a": 1} and dropped == ["b"]
+    assert gs.accepted_keywords(print) is None or isinstance(gs.accepted_keywords(print), set)
+
+
+# ------------------------------------------------------------------------------------------ disk space
+
+
+def test_free_disk_message(tmp_path):
+    usage = namedtuple("usage", "total used free")
+    assert gs.free_disk_message(tmp_path / "not" / "yet", 10, lambda p: usage(100, 0, 100)) is None
+    message = gs.free_disk_message(tmp_path / "not" / "yet", 5 * gs.GiB, lambda p: usage(100, 100, 2 * gs.MiB))
+    assert message and "Not enough free disk space" in message and str(tmp_path) in message
+    assert "2.0 MB free" in message and "5.0 GB" in message
+
+    def broken(path):
+        raise OSError("device gone")
+
+    assert "Cannot check" in gs.free_disk_message(tmp_path, 1, broken)
+    # the default looks shutil.disk_usage up at call time
+    assert gs.free_disk_message(tmp_path, 1) is None
+
+
+def test_required_disk_bytes_grows_with_data():
+    small = gs.required_disk_bytes(10**6)
+    big = gs.required_disk_bytes(10**8)
+    assert big > small > 300 * gs.MiB
+    assert gs.required_disk_bytes(10**6, 10**6, confidence=True) > gs.required_disk_bytes(10**6, 10**6)
+    assert gs.format_bytes(512) == "512 B" and gs.format_bytes(1536) == "1.5 KB"
+
+
+# -------------------------------------------------------------------------------------- selection checks
+
+
+def test_selection_problems():
+    names = {"v1": "MRI 1", "v2": "MRI 2", "s1": "Seg 1"}
+    assert gs.selection_problems([("v1", "s1")], ["v2"], names) == []
+    assert "at least one labeled case" in gs.selection_problems([], ["v2"])[0]
+    both = gs.selection_problems([("v1", "s1")], ["v1", "v2"], names)
+    assert len(both) == 1 and "'MRI 1' is both labeled" in both[0]
+    twice = gs.selection_problems([("v1", "s1"), ("v1", "s2")], [], names)
+    assert any("labeled twice" in p for p in twice)
+    missing = gs.selection_problems([("v1", None)], [])
+    assert any("needs both" in p for p in missing)
+
+
+def test_segments_problem_uses_names_synonyms_and_codes():
+    from ACTIONPlusPlusLib import terminology
+
+    assert gs.segments_problem("Seg", ["LA"], "la") is None
+    assert gs.segments_problem("Seg", ["left atrium"], "la") is None
+    assert gs.segments_problem("Seg", ["Segment_1", "lv_blood-pool"], "acdc") is None
+    coded = [("Segment_1", terminology.classes("acdc")[1].terminology_entry)]
+    assert gs.segments_problem("Seg", coded, "acdc") is None
+    message = gs.segments_problem("Liver seg", ["Liver", "Spleen"], "acdc")
+    assert "'Liver seg'" in message and "'Liver'" in message and "RV, Myo, LV" in message
+    assert "no segments" in gs.segments_problem("Empty", [], "la")
+    # LV is not a class of the LA preset
+    assert gs.segments_problem("Seg", ["LV"], "la") is not None
+
+
+def test_unlabeled_candidates_keep_scene_order():
+    assert gs.unlabeled_candidates(["a", "b", "c", "d"], ["c", "a"]) == ["b", "d"]
+
+
+# ----------------------------------------------------------------------------------------------- progress
+
+
+def test_format_duration():
+    assert gs.format_duration(12) == "12s"
+    assert gs.format_duration(252) == "4m12s"
+    assert gs.format_duration(3900) == "1h05"
+    assert gs.format_duration(3 * 86400 + 7200) == "3d02h"
+    assert gs.format_duration(None) == "?" and gs.format_duration(float("nan")) == "?"
+    assert gs.format_duration(-1) == "?" and gs.format_duration(float("inf")) == "?"
+
+
+def test_format_progress_line():
+    event = {"event": "progress", "stage": "finetune", "phase": "finetune", "iteration": 1200, "total": 20000,
+             "overall_iteration": 11200, "overall_total": 30000, "loss": 0.4312, "seconds_per_iteration": 0.2137,
+             "eta_seconds": 3900}
+    assert gs.format_progress(event) == "Stage 2/2 fine-tuning \u00b7 it 1200/20000 \u00b7 loss 0.43 \u00b7 0.21 s/it \u00b7 ETA 1h05"
+    warm = dict(event, stage="pretrain", phase="warmup", iteration=10, total=10000, loss=12.5, seconds_per_iteration=12.0)
+    assert gs.format_progress(warm).startswith("Stage 1/2 pre-training (warm-up) \u00b7 it 10/10000 \u00b7 loss 12.5 \u00b7 12 s/it")
+    sup = {"event": "progress", "stage": "supervised", "iteration": 3, "total": 5}
+    assert gs.format_progress(sup, two_stages=False) == "Supervised training \u00b7 it 3/5"
+    assert gs.format_loss(float("nan")) == "nan" and gs.format_loss(1e-4) == "1.00e-04" and gs.format_loss(None) == "?"
+
+
+def test_overall_percent_spans_both_stages():
+    assert gs.overall_percent({"overall_iteration": 15, "overall_total": 60}) == 25.0
+    assert gs.overall_percent({"overall_iteration": 90, "overall_total": 60}) == 100.0
+    totals = {"pretrain": 20, "finetune": 80}
+    assert gs.overall_percent({"stage": "pretrain", "iteration": 10, "total": 20}, totals) == 10.0
+    assert gs.overall_percent({"stage": "finetune", "iteration": 40, "total": 80}, totals) == 60.0
+    assert gs.overall_percent({"stage": "finetune", "iteration": 40, "total": 80}) == 50.0
+    assert gs.overall_percent({}) == 0.0
+
+
+def _run_events():
+    return [
+        {"event": "start", "device": "cpu", "torch": "2.13.0"},
+        {"event": "stage", "stage": "pretrain", "phase": "warmup", "total": 20, "iteration": 0},
+        {"event": "progress", "stage": "pretrain", "phase": "warmup", "iteration": 10, "total": 20,
+         "overall_iteration": 10, "overall_total": 100, "loss": 1.5, "seconds_per_iteration": 0.5, "eta_seconds": 45},
+        {"event": "stage", "stage": "pretrain", "phase": "joint", "total": 20, "iteration": 10},
+        {"event": "checkpoint", "path": "/x/checkpoint.pt", "stage": "pretrain", "iteration": 20},
+        {"event": "stage", "stage": "finetune", "phase": "finetune", "total": 80, "iteration": 0},
+        {"event": "warning", "message": "2 unlabeled cases only"},
+        {"event": "progress", "stage": "finetune", "phase": "finetune", "iteration": 40, "total": 80,
+         "overall_iteration": 60, "overall_total": 100, "loss": 0.25, "seconds_per_iteration": 0.5, "eta_seconds": 20},
+        {"event": "stage", "stage": "predict", "phase": "predict", "total": 2},
+        {"event": "prediction", "input": "/x/a.nrrd", "output": "/x/run/predictions/a.nrrd", "case": "a", "index": 1, "total": 2},
+        {"event": "done", "model": "/x/run/model.pt", "predictions": ["/x/run/predictions/a.nrrd", "/x/run/predictions/b.nrrd"], "exit_code": 0},
+    ]
+
+
+def test_progress_tracker_folds_a_whole_run():
+    tracker = gs.ProgressTracker()
+    lines = [tracker.handle(e) for e in _run_events()[:3]]
+    assert lines[0] == "Worker started on cpu (torch 2.13.0)"
+    assert tracker.percent == 10.0 and tracker.status.startswith("Stage 1/2 pre-training (warm-up)")
+    for event in _run_events()[3:8]:
+        tracker.handle(event)
+    assert tracker.percent == 60.0 and tracker.status.startswith("Stage 2/2 fine-tuning")
+    assert tracker.checkpoint == "/x/checkpoint.pt" and tracker.warnings == ["2 unlabeled cases only"]
+    assert tracker.stage_totals == {"pretrain": 20, "finetune": 80}
+    assert tracker.handle(_run_events()[8]) == "Predicting 2 volume(s)"
+    assert tracker.handle(_run_events()[9]) == "Predicted a (1/2)"
+    assert tracker.percent == 60.0  # prediction after training does not move the training bar back
+    assert tracker.handle(_run_events()[10]).startswith("Done. Model: /x/run/model.pt")
+    assert tracker.done and tracker.percent == 100.0 and tracker.exit_code == 0
+    assert tracker.predictions == ["/x/run/predictions/a.nrrd", "/x/run/predictions/b.nrrd"]
+    assert tracker.outcome_message(0) == "Finished."
+    assert tracker.handle({"event": "something new"}) is None
+
+
+def test_progress_tracker_predict_only_job_moves_the_bar():
+    tracker = gs.ProgressTracker()
+    tracker.handle({"event": "stage", "stage": "predict", "phase": "predict", "total": 4})
+    tracker.handle({"event": "prediction", "output": "o", "case": "c", "index": 1, "total": 4})
+    assert tracker.percent == 25.0
+
+
+def test_progress_tracker_errors_and_cancel():
+    tracker = gs.ProgressTracker()
+    tracker.handle({"event": "error", "message": "volume 'MRI' is 2D", "type": "DataError", "exit_code": 2})
+    assert tracker.error == "volume 'MRI' is 2D" and tracker.exit_code == 2
+    message = tracker.outcome_message(2)
+    assert "rejected the input" in message and "volume 'MRI' is 2D" in message
+
+    crashed = gs.ProgressTracker()
+    crashed.handle({"event": "error", "message": "worker was killed by SIGKILL: Killed", "type": "WorkerCrash", "exit_code": -9})
+    assert "signal 9" in crashed.outcome_message(-9) and "SIGKILL" in crashed.outcome_message(-9)
+
+    cancelled = gs.ProgressTracker()
+    cancelled.handle({"event": "cancelled", "message": "training was cancelled after 12 iterations",
+                      "checkpoint": "/x/checkpoint.pt", "resumable": True, "exit_code": 4})
+    assert cancelled.cancelled and cancelled.resumable and cancelled.checkpoint == "/x/checkpoint.pt"
+    assert "Continue from last model" in cancelled.outcome_message(None)
+    early = gs.ProgressTracker()
+    early.handle({"event": "cancelled", "message": "cancelled before training started; nothing to resume", "resumable": False, "exit_code": 4})
+    assert early.outcome_message(4) == "Cancelled. cancelled before training started; nothing to resume"
+
+
+def test_exit_code_messages():
+    assert gs.exit_code_message(0) == "Finished."
+    assert "still running" in gs.exit_code_message(None)
+    assert "(for example a NaN loss)" in gs.exit_code_message(3, "loss is NaN")
+    assert gs.exit_code_message(3, "loss is NaN").endswith("loss is NaN")
+    assert "code 7" in gs.exit_code_message(7)
+    assert "signal 11" in gs.exit_code_message(-11)
+
+
+# ------------------------------------------------------------------------------------------- dependencies
+
+
+def test_requirements_are_checked_by_version():
+    versions = {"h5py": "3.9.0", "medpy": "0.4.0", "psutil": "6.0", "tqdm": "4.66.1"}
+
+    def version_of(name):
+        if name not in versions:
+            raise importlib.metadata.PackageNotFoundError(name)
+        return versions[name]
+
+    assert gs.missing_requirements(gs.EXTRA_REQUIREMENTS, version_of) == ["medpy>=0.5"]
+    assert gs.missing_requirements(["absent>=1", "psutil"], version_of) == ["absent>=1"]
+    assert gs.requirement_satisfied("tqdm>=4.60", version_of)
+    assert not gs.requirement_satisfied("tqdm>=4.67", version_of)
+
+
+def test_extra_requirements_match_pyproject_and_never_touch_protected_packages():
+    import tomllib
+
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    declared = {r.split(">=")[0].strip().lower(): r for r in pyproject["project"]["dependencies"]}
+    for requirement in (*gs.EXTRA_REQUIREMENTS, gs.TORCH_REQUIREMENT):
+        name = requirement.split(">=")[0].lower()
+        assert name in declared, f"{requirement} is not a dependency in pyproject.toml"
+    protected = {p.lower() for p in gs.PROTECTED_PACKAGES}
+    assert {"simpleitk", "torch"} <= protected
+    assert not any(r.split(">=")[0].lower() in protected for r in gs.EXTRA_REQUIREMENTS)
+    commands = gs.pip_install_commands(gs.EXTRA_REQUIREMENTS)
+    assert "medpy>=0.5 --no-deps" in commands  # medpy would otherwise pull SimpleITK
+    assert all("--no-deps" not in c for c in commands if not c.startswith("medpy"))
+    # every other dependency of pyproject.toml is something Slicer ships
+    shipped = {"numpy", "scipy", "simpleitk"}
+    covered = {r.split(">=")[0].lower() for r in (*gs.EXTRA_REQUIREMENTS, gs.TORCH_REQUIREMENT)}
+    assert set(declared) <= covered | shipped, set(declared) - covered - shipped
+
+
+def test_torch_available_does_not_import():
+    assert gs.torch_available(lambda name: object()) is True
+    assert gs.torch_available(lambda name: None) is False
+
+    def broken(name):
+        raise ValueError("bad spec")
+
+    assert gs.torch_available(broken) is False
+
+
+def test_install_texts():
+    text = gs.install_confirmation_text(True, ["h5py>=3.8", "medpy>=0.5"])
+    assert "torch>=2.1" in text and "PyTorch extension" in text and "h5py>=3.8" in text and "medpy>=0.5" in text
+    assert "SimpleITK" in text  # says it is left alone
+    assert "from PyPI" in gs.install_confirmation_text(True, [], torch_via_extension=False)
+    assert "torch" not in gs.install_confirmation_text(False, ["tqdm>=4.60"]).split("\n")[2]
+    headless = gs.headless_install_message(True, ["psutil>=5.9"])
+    assert "--no-main-window" in headless and "installTorch" in headless and "pip_install('psutil>=5.9')" in headless
+    assert "installTorch" not in gs.headless_install_message(False, ["psutil>=5.9"])
+
+
+def test_find_pip_ensure_across_slicer_versions():
+    def ensure(requirements, **kwargs):
+        return None
+
+    assert gs.find_pip_ensure(types.SimpleNamespace(packaging=types.SimpleNamespace(pip_ensure=ensure))) is ensure
+    assert gs.find_pip_ensure(types.SimpleNamespace(pydeps=types.SimpleNamespace(pip_ensure=ensure))) is ensure
+    old = types.SimpleNamespace(util=types.SimpleNamespace(pip_install=lambda r: None))
+    assert gs.find_pip_ensure(old) is None
+
+
+def test_format_device_info():
+    assert "not installed" in gs.format_device_info(None)
+    cpu = {"torch": "2.13.0", "torch_cuda": None, "cuda_available": False, "cpu_count": 16}
+    assert gs.format_device_info(cpu) == "CPU only (16 cores) \u00b7 torch 2.13.0 (CPU-only build)"
+    gpu = {"torch": "2.13.0", "torch_cuda": "12.8", "cuda_available": True,
+           "cuda_devices": [{"name": "NVIDIA H100", "memory_gib": 79.6}]}
+    assert gs.format_device_info(gpu) == "GPU: NVIDIA H100 (79.6 GiB) \u00b7 torch 2.13.0 (CUDA 12.8)"
+
+
+def test_format_device_info_with_the_real_describe_devices():
+    from ACTIONPlusPlusLib.device import describe_devices
+
+    text = gs.format_device_info(describe_devices())
+    assert "torch" in text and ("CPU only" in text or text.startswith("GPU:"))
+
+
+# ----------------------------------------------------------------------------------------------- self-test
+
+
+def test_dice_and_chance():
+    ref = np.zeros((2, 10, 10), np.uint8)
+    ref[:, 2:6, 2:6] = 1
+    assert gs.dice(ref, ref, 1) == 1.0
+    assert gs.dice(np.zeros_like(ref), ref, 1) == 0.0
+    assert gs.dice(np.zeros_like(ref), np.zeros_like(ref), 2) == 1.0  # absent in both
+    f = 32 / 200
+    assert gs.chance_dice(ref, 1) == pytest.approx(2 * f / (1 + f))
+    assert gs.dice(np.ones_like(ref), ref, 1) == pytest.approx(gs.chance_dice(ref, 1))

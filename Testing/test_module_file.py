@@ -1,0 +1,382 @@
+"""The Slicer module file and its .ui, checked without Slicer (the file is parsed, never imported).
+
+- ACTIONPlusPlus.py compiles and imports only what exists inside Slicer;
+- it keeps the conventional four classes, and every Lib name it uses exists;
+- the .ui is well-formed and holds every widget the module looks up, with parameter bindings that match
+  the parameterNodeWrapper;
+- optionally (PySide6 installed) the .ui is rendered offscreen; with ACTIONPP_SAVE_SCREENSHOT=1 the picture
+  is written to ACTIONPlusPlus/Resources/Screenshots/panel.png (the README / EXTENSION_SCREENSHOTURLS image).
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import py_compile
+import re
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+MODULE_FILE = REPO / "ACTIONPlusPlus" / "ACTIONPlusPlus.py"
+UI_FILE = REPO / "ACTIONPlusPlus" / "Resources" / "UI" / "ACTIONPlusPlus.ui"
+SCREENSHOT = REPO / "ACTIONPlusPlus" / "Resources" / "Screenshots" / "panel.png"
+LIB = REPO / "ACTIONPlusPlusLib"
+
+# what Slicer's Python offers besides the standard library
+SLICER_TOP_LEVEL = {"qt", "ctk", "vtk", "slicer", "numpy", "packaging", "PyTorchUtils", "ACTIONPlusPlusLib"}
+SLICER_SUBMODULES = {"slicer.ScriptedLoadableModule", "slicer.util", "slicer.parameterNodeWrapper", "slicer.i18n"}
+# names a scripted module may import directly from ``slicer``
+SLICER_NAMES = {"vtkMRMLScalarVolumeNode", "vtkMRMLSegmentationNode", "vtkMRMLLabelMapVolumeNode", "vtkMRMLScriptedModuleNode"}
+QT_STANDARD = {
+    "QWidget", "QLabel", "QComboBox", "QTableWidget", "QPushButton", "QListWidget", "QSpinBox", "QCheckBox",
+    "QProgressBar", "QPlainTextEdit", "QGroupBox", "QLineEdit",
+}
+
+
+@pytest.fixture(scope="module")
+def tree() -> ast.Module:
+    return ast.parse(MODULE_FILE.read_text(), filename=str(MODULE_FILE))
+
+
+@pytest.fixture(scope="module")
+def ui() -> ET.ElementTree:
+    return ET.parse(UI_FILE)
+
+
+def _module_ast(module: str) -> ast.Module | None:
+    parts = module.split(".")
+    path = REPO.joinpath(*parts)
+    for candidate in (path.with_suffix(".py"), path / "__init__.py"):
+        if candidate.is_file():
+            return ast.parse(candidate.read_text())
+    return None
+
+
+def _top_level_names(module: ast.Module) -> set[str]:
+    names: set[str] = set()
+    for node in module.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, ast.Assign):
+            for target in node.targets:
+                for sub in ast.walk(target):
+                    if isinstance(sub, ast.Name):
+                        names.add(sub.id)
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            names.add(node.target.id)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            for alias in node.names:
+                names.add((alias.asname or alias.name).split(".")[0])
+    return names
+
+
+# ----------------------------------------------------------------------------------------- module file
+
+
+def test_module_file_compiles(tmp_path):
+    py_compile.compile(str(MODULE_FILE), cfile=str(tmp_path / "m.pyc"), doraise=True)
+
+
+def test_imports_exist_inside_slicer(tree):
+    stdlib = set(sys.stdlib_module_names)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            modules = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            assert node.level == 0, "relative import in a scripted module"
+            modules = [node.module]
+        else:
+            continue
+        for module in modules:
+            top = module.split(".")[0]
+            assert top != "imp", "use importlib, not imp (gone in Python 3.12)"
+            assert top in stdlib or top in SLICER_TOP_LEVEL, f"{module} is not available inside Slicer"
+            if top == "slicer" and "." in module:
+                assert module in SLICER_SUBMODULES, module
+            if top == "ACTIONPlusPlusLib" and module != "ACTIONPlusPlusLib":
+                assert _module_ast(module) is not None, f"{module} does not exist"
+        if isinstance(node, ast.ImportFrom) and node.module == "slicer":
+            for alias in node.names:
+                assert alias.name in SLICER_NAMES, f"from slicer import {alias.name}"
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("ACTIONPlusPlusLib"):
+            if node.module == "ACTIONPlusPlusLib":
+                for alias in node.names:
+                    assert _module_ast(f"ACTIONPlusPlusLib.{alias.name}") is not None, alias.name
+            else:
+                defined = _top_level_names(_module_ast(node.module))
+                for alias in node.names:
+                    is_submodule = _module_ast(f"{node.module}.{alias.name}") is not None
+                    assert alias.name in defined or is_submodule, f"{node.module} has no {alias.name}"
+
+
+def test_torch_is_never_imported_by_the_module_file(tree):
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            assert all(a.name.split(".")[0] != "torch" for a in node.names)
+        if isinstance(node, ast.ImportFrom):
+            assert (node.module or "").split(".")[0] != "torch"
+
+
+def test_conventional_classes(tree):
+    classes = {node.name: [ast.unparse(b) for b in node.bases] for node in tree.body if isinstance(node, ast.ClassDef)}
+    assert classes["ACTIONPlusPlus"] == ["ScriptedLoadableModule"]
+    assert classes["ACTIONPlusPlusWidget"] == ["ScriptedLoadableModuleWidget", "VTKObservationMixin"]
+    assert classes["ACTIONPlusPlusLogic"] == ["ScriptedLoadableModuleLogic"]
+    assert classes["ACTIONPlusPlusTest"] == ["ScriptedLoadableModuleTest"]
+    wrapped = [n for n in tree.body if isinstance(n, ast.ClassDef) and any(ast.unparse(d) == "parameterNodeWrapper" for d in n.decorator_list)]
+    assert [n.name for n in wrapped] == ["ACTIONPlusPlusParameterNode"]
+    test_class = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "ACTIONPlusPlusTest")
+    methods = {f.name for f in test_class.body if isinstance(f, ast.FunctionDef)}
+    assert {"setUp", "runTest", "test_TrainAndPredictPhantom", "test_BadInputLeavesNodesUntouched"} <= methods
+
+
+def test_no_custom_qt_signals(tree):
+    source = MODULE_FILE.read_text()
+    assert "qt.Signal" not in source and "Signal(" not in source, "use plain Python callbacks, not PythonQt signals"
+
+
+def _attribute_uses(tree: ast.Module, name: str) -> set[str]:
+    return {
+        node.attr
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == name
+    }
+
+
+@pytest.mark.parametrize("alias,module", [("gui_support", "ACTIONPlusPlusLib.gui_support"), ("bridge", "ACTIONPlusPlusLib.scene")])
+def test_lib_names_used_by_the_module_exist(tree, alias, module):
+    used = _attribute_uses(tree, alias)
+    assert used, f"{alias} is not used?"
+    defined = _top_level_names(_module_ast(module))
+    missing = sorted(used - defined)
+    assert not missing, f"{module} has no {missing}"
+
+
+def test_bridge_and_runner_calls_match_their_signatures():
+    pytest.importorskip("slicer", reason="slicer-core is not installed")
+    import inspect
+
+    from ACTIONPlusPlusLib import runner, scene
+
+    source = MODULE_FILE.read_text()
+    write = inspect.signature(scene.write_training_job).parameters
+    for keyword in re.findall(r"\b(output_dir|predict_unlabeled)=", source):
+        assert keyword in write
+    load = inspect.signature(scene.load_predictions).parameters
+    assert "with_confidence" in load
+    worker = inspect.signature(runner.WorkerProcess).parameters
+    assert "force_cpu" in worker
+    for attribute in ("poll_events", "cancel", "is_running", "exit_code", "log_lines", "start"):
+        assert attribute in source
+        assert hasattr(runner.WorkerProcess, attribute) or attribute == "log_lines"
+    imports = scene.PredictionImport.__dataclass_fields__
+    for field in ("segmentation_node", "volume_node", "message"):
+        assert field in imports
+
+
+# ------------------------------------------------------------------------------------------------- .ui
+
+
+def _ui_widgets(ui: ET.ElementTree) -> dict[str, str]:
+    return {w.get("name"): w.get("class") for w in ui.iter("widget")}
+
+
+def test_ui_is_well_formed(ui):
+    root = ui.getroot()
+    assert root.tag == "ui" and root.find("class").text == "ACTIONPlusPlus"
+    top = root.find("widget")
+    assert top.get("class") == "qMRMLWidget" and top.get("name") == "ACTIONPlusPlus"
+    names = [w.get("name") for w in ui.iter("widget")]
+    assert len(names) == len(set(names)), "duplicate widget names"
+
+
+def test_every_widget_the_module_uses_is_in_the_ui(tree, ui):
+    used = {
+        node.attr
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute)
+        and isinstance(node.value, ast.Attribute)
+        and node.value.attr == "ui"
+        and isinstance(node.value.value, ast.Name)
+        and node.value.value.id == "self"
+    }
+    assert used, "no self.ui.<name> found"
+    missing = sorted(used - set(_ui_widgets(ui)))
+    assert not missing, f"widgets missing from {UI_FILE.name}: {missing}"
+
+
+def test_custom_widgets_are_declared(ui):
+    declared = {c.find("class").text: c.find("extends").text for c in ui.getroot().iter("customwidget")}
+    for cls in set(_ui_widgets(ui).values()):
+        assert cls in QT_STANDARD or cls in declared, f"{cls} needs a <customwidget> entry"
+    for base in declared.values():
+        assert base in QT_STANDARD
+
+
+def test_mrml_selectors_get_the_scene(ui):
+    selectors = {name for name, cls in _ui_widgets(ui).items() if cls == "qMRMLNodeComboBox"}
+    connected = {
+        c.find("receiver").text
+        for c in ui.getroot().iter("connection")
+        if c.find("signal").text == "mrmlSceneChanged(vtkMRMLScene*)" and c.find("slot").text == "setMRMLScene(vtkMRMLScene*)"
+    }
+    assert selectors and selectors <= connected, selectors - connected
+
+
+def _parameter_fields(tree: ast.Module) -> dict[str, ast.AST]:
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "ACTIONPlusPlusParameterNode")
+    return {n.target.id: n for n in cls.body if isinstance(n, ast.AnnAssign)}
+
+
+def _bindings(ui: ET.ElementTree) -> dict[str, ET.Element]:
+    out = {}
+    for widget in ui.iter("widget"):
+        for prop in widget.findall("property"):
+            if prop.get("name") == "SlicerParameterName":
+                out[prop.find("string").text] = widget
+    return out
+
+
+def test_ui_bindings_match_the_parameter_node(tree, ui):
+    fields = _parameter_fields(tree)
+    bindings = _bindings(ui)
+    unknown = sorted(set(bindings) - set(fields))
+    assert not unknown, f"SlicerParameterName without a parameter: {unknown}"
+    for name in ("preset", "iterationsMode", "device", "outputFolder", "continueTraining", "modelPath", "confidence",
+                 "warmupIterations", "jointIterations", "finetuneIterations", "predictVolume"):
+        assert name in bindings, f"{name} is not bound to a widget"
+    # a QComboBox bound to a Choice lists exactly the choices, in order
+    for name, widget in bindings.items():
+        if widget.get("class") != "QComboBox":
+            continue
+        items = [item.find("property/string").text for item in widget.findall("item")]
+        choice = next(
+            n for n in ast.walk(fields[name].annotation) if isinstance(n, ast.Call) and ast.unparse(n.func) == "Choice"
+        )
+        assert items == ast.literal_eval(choice.args[0]), name
+
+
+def test_parameter_defaults_are_consistent(tree):
+    fields = _parameter_fields(tree)
+    from ACTIONPlusPlusLib import gui_support
+
+    defaults = {name: ast.literal_eval(node.value) for name, node in fields.items() if node.value is not None}
+    preset = defaults["preset"].lower()
+    mode = defaults["iterationsMode"]
+    iterations = gui_support.iterations_for(preset, mode)
+    assert (defaults["warmupIterations"], defaults["jointIterations"], defaults["finetuneIterations"]) == tuple(
+        iterations[k] for k in gui_support.ITERATION_KEYS
+    )
+    assert defaults["device"].lower() in ("auto", "gpu", "cpu")
+
+
+# --------------------------------------------------------------------------------- offscreen rendering
+
+
+def render_panel(path: Path | None = None, sample: bool = True):
+    """Load the .ui with PySide6 (Slicer's widgets replaced by their closest Qt look-alikes) and grab it."""
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    from PySide6 import QtCore, QtUiTools, QtWidgets
+
+    standins = {
+        "qMRMLNodeComboBox": QtWidgets.QComboBox,
+        "ctkPathLineEdit": QtWidgets.QLineEdit,
+        "ctkCollapsibleButton": QtWidgets.QGroupBox,
+        "ctkCollapsibleGroupBox": QtWidgets.QGroupBox,
+        "qMRMLWidget": QtWidgets.QWidget,
+    }
+
+    class Loader(QtUiTools.QUiLoader):
+        def createWidget(self, class_name, parent=None, name=""):
+            if class_name in standins:
+                widget = standins[class_name](parent)
+                widget.setObjectName(name)
+                return widget
+            return super().createWidget(class_name, parent, name)
+
+    app = QtWidgets.QApplication.instance() or QtWidgets.QApplication([])
+    ui_file = QtCore.QFile(str(UI_FILE))
+    ui_file.open(QtCore.QIODevice.ReadOnly)
+    QtCore.qInstallMessageHandler(lambda *args: None)  # the mrmlSceneChanged connections cannot exist here
+    try:
+        widget = Loader().load(ui_file)
+    finally:
+        QtCore.qInstallMessageHandler(None)
+        ui_file.close()
+    assert widget is not None
+    for box in widget.findChildren(QtWidgets.QGroupBox):
+        title = box.property("text")
+        if title:
+            box.setTitle(title)
+    find = lambda cls, name: widget.findChild(cls, name)  # noqa: E731
+    if sample:
+        from ACTIONPlusPlusLib import gui_support
+
+        table = find(QtWidgets.QTableWidget, "labeledTableWidget")
+        table.horizontalHeader().setSectionResizeMode(QtWidgets.QHeaderView.Stretch)
+        for row, (volume, segmentation) in enumerate([("LA MRI 01", "LA MRI 01 segmentation"), ("LA MRI 02", "LA MRI 02 segmentation")]):
+            table.insertRow(row)
+            table.setItem(row, 0, QtWidgets.QTableWidgetItem(volume))
+            table.setItem(row, 1, QtWidgets.QTableWidgetItem(segmentation))
+        unlabeled = find(QtWidgets.QListWidget, "unlabeledListWidget")
+        for index, name in enumerate(["LA MRI 03", "LA MRI 04", "LA MRI 05"]):
+            item = QtWidgets.QListWidgetItem(name)
+            item.setFlags(item.flags() | QtCore.Qt.ItemIsUserCheckable)
+            item.setCheckState(QtCore.Qt.Unchecked if index == 2 else QtCore.Qt.Checked)
+            unlabeled.addItem(item)
+        find(QtWidgets.QComboBox, "labeledVolumeSelector").addItem("LA MRI 02")
+        find(QtWidgets.QComboBox, "labeledSegmentationSelector").addItem("LA MRI 02 segmentation")
+        find(QtWidgets.QComboBox, "predictVolumeSelector").addItem("LA MRI 06")
+        find(QtWidgets.QComboBox, "resultSegmentationSelector").addItem("LA MRI 03 ACTION++")
+        iterations = gui_support.iterations_for("la", "paper")
+        find(QtWidgets.QComboBox, "iterationsComboBox").setCurrentText("paper")
+        for name, key in zip(("warmupIterationsSpinBox", "jointIterationsSpinBox", "finetuneIterationsSpinBox"), gui_support.ITERATION_KEYS):
+            spin = find(QtWidgets.QSpinBox, name)
+            spin.setValue(iterations[key])
+            spin.setEnabled(False)
+        find(QtWidgets.QLabel, "presetInfoLabel").setText(gui_support.preset_summary("la"))
+        find(QtWidgets.QLabel, "deviceInfoLabel").setText(gui_support.format_device_info(
+            {"torch": "2.13.0", "torch_cuda": "12.8", "cuda_available": True,
+             "cuda_devices": [{"name": "NVIDIA H100", "memory_gib": 79.6}]}))
+        find(QtWidgets.QLineEdit, "outputFolderPathLineEdit").setText("/tmp/Slicer/ACTIONPlusPlus")
+        find(QtWidgets.QLineEdit, "modelPathLineEdit").setText("/tmp/Slicer/ACTIONPlusPlus/run-20260301-101500/run/model.pt")
+        event = {"stage": "finetune", "phase": "finetune", "iteration": 1200, "total": 15000, "overall_iteration": 6200,
+                 "overall_total": 20000, "loss": 0.43, "seconds_per_iteration": 0.21, "eta_seconds": 2898}
+        find(QtWidgets.QProgressBar, "progressBar").setValue(int(gui_support.overall_percent(event)))
+        find(QtWidgets.QLabel, "statusLabel").setText(gui_support.format_progress(event))
+        find(QtWidgets.QPushButton, "trainButton").setText("Cancel")  # while running, as the widget does:
+        for name in ("inputsCollapsibleButton", "iterationsComboBox", "deviceComboBox", "outputFolderPathLineEdit",
+                     "continueCheckBox", "predictButton", "addAsLabeledButton", "modelPathLineEdit",
+                     "predictVolumeSelector", "confidenceCheckBox"):
+            find(QtWidgets.QWidget, name).setEnabled(False)
+        log = find(QtWidgets.QPlainTextEdit, "logTextEdit")
+        log.setPlainText("Worker started on cuda (torch 2.13.0)\nStage 1/2 pre-training (warm-up): 5000 iterations\n"
+                         "Checkpoint saved: .../run/checkpoint_pretrain.pt\nStage 2/2 fine-tuning: 15000 iterations")
+        log.setMaximumHeight(90)
+        log.setMinimumHeight(90)
+    widget.resize(440, widget.sizeHint().height())
+    widget.show()
+    app.processEvents()
+    widget.resize(440, widget.minimumSizeHint().height() + 10)
+    app.processEvents()
+    image = widget.grab()
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        assert image.save(str(path), "PNG")
+    names = {w.objectName() for w in widget.findChildren(QtWidgets.QWidget)}
+    return widget, image, names
+
+
+def test_ui_renders_offscreen(tree, ui, tmp_path):
+    pytest.importorskip("PySide6.QtUiTools", reason="PySide6 is not installed (optional layout check)")
+    save = os.environ.get("ACTIONPP_SAVE_SCREENSHOT") == "1"
+    target = SCREENSHOT if save else tmp_path / "panel.png"
+    widget, image, names = render_panel(target)
+    assert set(_ui_widgets(ui)) - {"ACTIONPlusPlus"} <= names
+    assert 380 <= image.width() <= 900 and 500 <= image.height() <= 2000
+    assert target.stat().st_size < 200_000
+    widget.close()
