@@ -402,9 +402,9 @@ class ACTIONPlusPlusWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         self._run.cancelled = True
         self.showStatus(_("Cancelling\u2026 the worker saves its checkpoint first."))
-        slicer.app.processEvents()
-        with _waitCursor():
-            self._run.worker.cancel()  # waits (at most ~10 s) for the checkpoint, then kills the whole tree
+        # non-blocking: the worker saves its checkpoint and exits; the polling timer picks up the end (and
+        # kills whatever of the process tree is still alive 10 s later)
+        self._run.worker.request_cancel(kill_after=10.0)
 
     def onAddAsLabeled(self) -> None:
         segmentation = self.ui.resultSegmentationSelector.currentNode()

@@ -297,6 +297,23 @@ def run(argv: Sequence[str]) -> int:
     return EXIT_OK
 
 
+try:  # inside Slicer this file is installed with the module and scanned like one
+    from slicer.ScriptedLoadableModule import ScriptedLoadableModule as _ModuleBase
+except ImportError:  # plain Python / slicer-core: no module machinery, the class is never instantiated
+    _ModuleBase = object
+
+
+class ACTIONPlusPlusBatch(_ModuleBase):  # type: ignore[misc, valid-type]
+    """Hidden module entry so that Slicer's module scanner accepts this file; the batch work is main()."""
+
+    def __init__(self, parent) -> None:
+        _ModuleBase.__init__(self, parent)
+        parent.title = "ACTIONPlusPlus batch"
+        parent.categories = ["Segmentation"]
+        parent.hidden = True
+        parent.helpText = "Headless batch entry point: Slicer --no-main-window --python-script ACTIONPlusPlusBatch.py -- ARGS"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] == "--":  # "Slicer --python-script script.py -- ARGS" may pass the separator on

@@ -22,7 +22,6 @@ import re
 from pathlib import Path
 from typing import Iterable
 
-import h5py
 import numpy as np
 
 from ..errors import DataError
@@ -53,6 +52,8 @@ def _missing_error(what: str, list_path: Path, missing: list[str], total: int, h
 def read_h5(path: Path, need_label: bool) -> tuple[np.ndarray, np.ndarray | None]:
     """``image`` as float32 and (when ``need_label``) ``label`` as uint8 from a benchmark h5 file."""
     try:
+        import h5py  # imported here so the Slicer panel can import the Lib before h5py is installed
+
         with h5py.File(path, "r") as handle:
             keys = set(handle.keys())
             wanted = ("image", "label") if need_label else ("image",)

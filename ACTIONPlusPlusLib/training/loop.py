@@ -25,7 +25,7 @@ from ..config import Config
 from ..data.types import Case
 from ..device import autocast as device_autocast
 from ..device import resolve_device
-from ..errors import DataError, TrainingError
+from ..errors import DataError, ModelFileError, TrainingError
 from ..io_utils import check_writable_dir
 from ..models import build_network
 from ..schedules import ats_temperature, ema_update, poly_lr, set_lr
@@ -302,7 +302,10 @@ def _load_init_weights(trainer: Trainer, init_model: Path) -> None:
 
     model, model_cfg = load_model(init_model, device="cpu", expect_preset=trainer.cfg.preset,
                                   expect_classes=trainer.cfg.num_classes)
-    trainer.student.load_state_dict(model.state_dict())
+    try:
+        trainer.student.load_state_dict(model.state_dict())
+    except RuntimeError as exc:  # another network size (e.g. base_channels)
+        raise ModelFileError(f"cannot warm-start from {init_model}: its network does not match this config ({exc})") from exc
     trainer.teacher.load_state_dict(model.state_dict())
 
 
