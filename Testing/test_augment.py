@@ -1,0 +1,72 @@
+"""On-device augmentations: labels stay aligned with images, mixing masks have the spec's sizes."""
+
+from __future__ import annotations
+
+import torch
+
+from ACTIONPlusPlusLib.training import augment
+
+
+def _disc_batch(n: int = 16, size: int = 32):
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    label = ((yy - 10) ** 2 + (xx - 20) ** 2 < 36).long() + 2 * ((yy - 22) ** 2 + (xx - 9) ** 2 < 25).long()
+    label = label.expand(n, size, size).clone()
+    image = (0.2 + 0.3 * label.float() + 0.01 * torch.randn(n, size, size, generator=torch.Generator().manual_seed(0)))[:, None]
+    return image, label
+
+
+def test_geometric_2d_keeps_labels_on_their_pixels():
+    image, label = _disc_batch()
+    out_img, out_lab = augment.geometric_2d(image, label, torch.Generator().manual_seed(1))
+    assert not torch.equal(out_lab, label)  # something moved
+    for c, expected in ((1, 0.5), (2, 0.8)):
+        inside = out_img[:, 0][out_lab == c]
+        assert abs(inside.mean().item() - expected) < 0.05  # class c still sits on class-c intensities
+
+
+def test_geometric_3d_rot90_flip_keeps_alignment():
+    image = torch.randn(2, 1, 8, 8, 4)
+    label = (image[:, 0] > 0).long()
+    out_img, out_lab = augment.geometric_3d(image, label, torch.Generator().manual_seed(0))
+    assert torch.equal(out_lab, (out_img[:, 0] > 0).long())
+    assert out_img.shape == image.shape
+
+
+def test_cutmix_masks_cover_about_half():
+    masks = augment.cutmix_masks(64, (64, 64), torch.Generator().manual_seed(0), torch.device("cpu"))
+    kept = 1 - masks.flatten(1).mean(dim=1)  # box fraction
+    assert ((kept > 0.45) & (kept < 0.55)).all()
+
+
+def test_classmix_keeps_half_of_the_present_classes():
+    pseudo = torch.zeros(3, 8, 8, dtype=torch.long)
+    pseudo[:, :4, :4], pseudo[:, 4:, 4:], pseudo[:, :4, 4:] = 1, 2, 3  # 4 classes present
+    masks = augment.classmix_masks(pseudo, 4, torch.Generator().manual_seed(0))
+    for i in range(3):
+        kept = torch.unique(pseudo[i][masks[i].bool()])
+        assert len(kept) == 2  # floor(4 / 2)
+        assert torch.equal(masks[i].bool(), torch.isin(pseudo[i], kept))
+
+
+def test_mix_takes_the_partner_outside_the_mask():
+    image = torch.arange(3.0).view(3, 1, 1, 1).expand(3, 1, 2, 2).clone()
+    pseudo = torch.arange(3).view(3, 1, 1).expand(3, 2, 2).clone()
+    conf = torch.full((3, 2, 2), 0.5)
+    masks = torch.zeros(3, 2, 2)
+    masks[:, 0] = 1
+    img, lab, _ = augment.mix(image, pseudo, conf, masks)
+    assert torch.equal(img[:, 0, 0, 0], torch.tensor([0.0, 1.0, 2.0]))
+    assert torch.equal(img[:, 0, 1, 0], torch.tensor([1.0, 2.0, 0.0]))  # partner (i + 1) mod N
+    assert torch.equal(lab[:, 1, 0], torch.tensor([1, 2, 0]))
+
+
+def test_blur_and_jitter_are_identity_with_probability_zero_and_change_otherwise():
+    image, _ = _disc_batch(4)
+    gen = torch.Generator().manual_seed(0)
+    assert torch.equal(augment.gaussian_blur(image, gen, p=0.0), image)
+    blurred = augment.gaussian_blur(image, gen, p=1.0)
+    assert blurred.std() < image.std()
+    assert torch.allclose(blurred.mean(dim=(2, 3)), image.mean(dim=(2, 3)), atol=0.02)  # replicate padding, normalised kernel
+    assert torch.allclose(augment.jitter(image, 0.2, gen, p=0.0), image, atol=1e-6)
+    jittered = augment.jitter(image, 0.2, gen, p=1.0)
+    assert not torch.allclose(jittered, image, atol=1e-3)
