@@ -185,13 +185,18 @@ def average_gradients_(parameters: Iterable[nn.Parameter]) -> None:
     grads = [p.grad for p in parameters if p.grad is not None]
     if not grads:
         return
+    _mean_over_ranks_(grads)
+
+
+def _mean_over_ranks_(tensors: list[torch.Tensor]) -> None:
+    """Replace each tensor in place by its mean over ranks (one coalesced all-reduce)."""
     n = world_size()
 
     def op(flat: torch.Tensor) -> None:
         dist.all_reduce(flat, op=dist.ReduceOp.SUM)
         flat.div_(n)
 
-    _coalesced(grads, op)
+    _coalesced(tensors, op)
 
 
 @torch.no_grad()
@@ -210,10 +215,4 @@ def average_batchnorm_stats_(*modules: nn.Module) -> None:
                 stats += [m.running_mean, m.running_var]
     if not stats:
         return
-    n = world_size()
-
-    def op(flat: torch.Tensor) -> None:
-        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-        flat.div_(n)
-
-    _coalesced(stats, op)
+    _mean_over_ranks_(stats)
