@@ -34,6 +34,12 @@ class Config:
     pretrain_warmup_iterations: int = 5000  # global-only instance discrimination, fixed temperatures
     pretrain_joint_iterations: int = 5000  # global + local + supervised, ATS temperatures
     finetune_iterations: int = 20000
+    # One knob for the whole schedule (issue 9, ACTIONPlusPlusLib/budget.py): > 0 lays out every phase
+    # from this total (and with them every ramp-up, ATS period and LR decay, which are per phase);
+    # 0 keeps the three counts above, the paper's protocol.
+    budget_iterations: int = 0
+    budget_warmup_fraction: float = 1 / 6  # the paper's ACDC proportions: 5K / 30K
+    budget_joint_fraction: float = 1 / 6  # 5K / 30K
 
     # --- batches (D12) ----------------------------------------------------------------------------
     pretrain_labeled_batch: int = 4
@@ -48,6 +54,10 @@ class Config:
     poly_power: float = 0.9
     finetune_nesterov: bool = True
     ema_decay: float = 0.99
+    # fine-tuning teacher: decay min(ema_decay, 1 - 1/(t + 1)) at fine-tuning iteration t (mean teacher's
+    # warm-up: a true average of the student early on instead of a copy that lags 100 iterations behind
+    # the reset point); False keeps ema_decay from the first iteration (spec 4)
+    ema_warmup: bool = True
     grad_clip: float = 0.0  # 0 disables; not in the paper
 
     # --- networks and heads (spec 3) -------------------------------------------------------------
@@ -90,6 +100,26 @@ class Config:
     saacl_queue_size: int = 12288
     centroid_momentum: float = 0.1  # eta of Eq. 4
     mix: str = "cutmix"  # "cutmix" | "classmix" | "none"
+    # pseudo-label loss (issue 9): "pixel" = CE on the pixels whose teacher confidence passes their
+    # class's threshold, over all pixels; "image" = spec 6.3 (per-image weight, no pixel mask)
+    pseudo_loss: str = "pixel"
+    pseudo_threshold: float = 0.95  # base confidence threshold of the pixel mask
+    # "classwise": each class's threshold scales with its EMA mean confidence (a class the teacher is
+    # still unsure of keeps pseudo-labels), floored at pseudo_threshold_floor; "fixed": one threshold
+    pseudo_threshold_mode: str = "classwise"
+    pseudo_threshold_floor: float = 0.7
+    # distribution alignment: rescale the teacher's probabilities by (labeled class prior / EMA of the
+    # teacher's class prior on unlabeled images) so that minority classes keep their share
+    pseudo_distribution_alignment: bool = True
+    class_stats_momentum: float = 0.99  # EMA of the class priors and confidences above
+    # sigmoid ramp-up (exp(-5 (1 - t/R)^2)) of the unsupervised and contrastive weights over this
+    # fraction of the fine-tuning phase; 0 disables (the spec's full weight from the first iteration)
+    rampup_fraction: float = 0.3
+    # one student (and one teacher) forward over labeled + unlabeled images (BatchNorm statistics over
+    # both); False runs the spec's separate forwards
+    fused_forward: bool = True
+    # the weights written to model.pt: "teacher" (the EMA model) or "student"
+    export_weights: str = "teacher"
 
     # --- augmentation (D7, D8, D14) --------------------------------------------------------------
     geometric_augmentation: bool = True  # ACDC: rot90/flip or +-20 deg rotation; LA: rot90/flip
@@ -112,13 +142,20 @@ class Config:
     sync_batchnorm: bool = False  # torchrun only
 
     # ------------------------------------------------------------------------------------------------
+    def phase_lengths(self):
+        """(warm-up, joint, fine-tuning) iterations: from ``budget_iterations`` when > 0 (budget.py)."""
+        from .budget import phase_lengths
+
+        return phase_lengths(self)
+
     @property
     def pretrain_iterations(self) -> int:
-        return self.pretrain_warmup_iterations + self.pretrain_joint_iterations
+        lengths = self.phase_lengths()
+        return lengths.warmup + lengths.joint
 
     @property
     def total_iterations(self) -> int:
-        return self.pretrain_iterations + self.finetune_iterations
+        return self.phase_lengths().total
 
     @property
     def foreground_names(self) -> list[str]:
@@ -165,6 +202,19 @@ class Config:
             raise ValueError(f"normalization must be 'minmax' or 'zscore', got {self.normalization!r}")
         if self.mode not in ("actionpp", "supervised"):
             raise ValueError(f"mode must be 'actionpp' or 'supervised', got {self.mode!r}")
+        if self.pseudo_loss not in ("pixel", "image"):
+            raise ValueError(f"pseudo_loss must be 'pixel' or 'image', got {self.pseudo_loss!r}")
+        if self.pseudo_threshold_mode not in ("classwise", "fixed"):
+            raise ValueError(f"pseudo_threshold_mode must be 'classwise' or 'fixed', got {self.pseudo_threshold_mode!r}")
+        if self.export_weights not in ("teacher", "student"):
+            raise ValueError(f"export_weights must be 'teacher' or 'student', got {self.export_weights!r}")
+        if self.budget_iterations < 0:
+            raise ValueError("budget_iterations must be >= 0 (0 = the explicit phase counts)")
+        if not (0 <= self.budget_warmup_fraction and 0 <= self.budget_joint_fraction
+                and self.budget_warmup_fraction + self.budget_joint_fraction < 1):
+            raise ValueError("budget fractions must be >= 0 and leave room for fine-tuning (sum < 1)")
+        if not 0 <= self.rampup_fraction <= 1:
+            raise ValueError("rampup_fraction must be in [0, 1]")
         if self.mix not in ("cutmix", "classmix", "none"):
             raise ValueError(f"mix must be cutmix, classmix or none, got {self.mix!r}")
         for name in ("pretrain_warmup_iterations", "pretrain_joint_iterations", "finetune_iterations"):
@@ -236,6 +286,8 @@ def preset(name: str, **overrides: Any) -> Config:
             mix="classmix",
             jitter_strength=0.02,
             strong_jitter_strength=0.02,
+            budget_warmup_fraction=2500 / 20000,
+            budget_joint_fraction=2500 / 20000,
         )
     else:
         raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")

@@ -23,8 +23,21 @@ from .data.types import Case, normalize, to_network_order
 from .device import autocast, resolve_device
 from .errors import DataError
 
-#: Sliding-window stride of the LA protocol (spec 8.2): stride_xy = 18, stride_z = 4, in (x, y, z).
+#: Sliding-window stride of the LA protocol (spec 8.2): stride_xy = 18, stride_z = 4, in (x, y, z),
+#: which belongs to the paper's 112 x 112 x 80 window.
 DEFAULT_STRIDE_3D: tuple[int, int, int] = (18, 18, 4)
+PAPER_WINDOW_3D: tuple[int, int, int] = (112, 112, 80)
+
+
+def default_stride_3d(patch: Sequence[int]) -> tuple[int, ...]:
+    """The window stride that follows the window: the paper's (18, 18, 4) for its 112 x 112 x 80 window,
+    half the window (50 % overlap, the usual sliding-window default) for any other window.  The paper's
+    stride on a smaller window multiplies the number of windows (about 400 for 64 x 64 x 48 on an LA
+    volume, against 48 at half overlap)."""
+    patch = tuple(int(p) for p in patch)
+    if patch == PAPER_WINDOW_3D:
+        return DEFAULT_STRIDE_3D
+    return tuple(max(1, p // 2) for p in patch)
 
 
 @dataclass
@@ -88,7 +101,8 @@ def predict_case(
     restored afterwards, so the trainer can call this for validation.  ``normalize_input=True``
     applies ``normalize(image, cfg.normalization)`` first (raw NIfTI/NRRD input; the h5 releases are
     already normalised).  ``batch_size``: slices per forward in 2D (default 16), windows per forward
-    in 3D (default 4 on CUDA, 2 on CPU).  ``stride``: 3D window stride in (x, y, z), default (18, 18, 4).
+    in 3D (default 4 on CUDA, 2 on CPU).  ``stride``: 3D window stride in (x, y, z), default
+    :func:`default_stride_3d` of the model's window.
     """
     image = np.asarray(case.image)
     if image.ndim == 2 and cfg.dim == 2:
@@ -118,7 +132,7 @@ def predict_case(
             else:
                 default_batch = 4 if dev.type == "cuda" else 2
                 probs = _predict_3d(
-                    model, image, cfg, dev, batch_size or default_batch, tuple(stride or DEFAULT_STRIDE_3D)
+                    model, image, cfg, dev, batch_size or default_batch, tuple(stride or default_stride_3d(cfg.patch_size))
                 )
             # probs: (C, z, y, x) on the device, fp32
             labels = probs.argmax(dim=0).to(torch.uint8).cpu().numpy()

@@ -12,7 +12,7 @@ import math
 import torch
 from torch import nn
 
-__all__ = ["ats_temperature", "code_temperature", "poly_lr", "set_lr", "ema_update"]
+__all__ = ["ats_temperature", "code_temperature", "poly_lr", "set_lr", "ema_update", "sigmoid_rampup"]
 
 
 def ats_temperature(t: int, total: int, tau_min: float, tau_max: float, periods: float = 1.0) -> float:
@@ -79,3 +79,14 @@ def ema_update(teacher: nn.Module, student: nn.Module, decay: float) -> None:
     s_data = [p.data.to(dtype=t.dtype) for p, t in zip(s_params, t_data)]
     torch._foreach_mul_(t_data, float(decay))
     torch._foreach_add_(t_data, s_data, alpha=1.0 - float(decay))
+
+
+def sigmoid_rampup(t: int, length: int) -> float:
+    """``exp(-5 (1 - t / length)^2)`` for ``t < length``, then 1 (Laine and Aila; mean teacher).
+
+    ``length <= 0`` gives 1 (no ramp-up).
+    """
+    if length <= 0 or t >= length:
+        return 1.0
+    x = 1.0 - max(float(t), 0.0) / float(length)
+    return float(math.exp(-5.0 * x * x))

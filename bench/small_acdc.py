@@ -1,17 +1,24 @@
-"""ACTION++ against supervised-only on the real ACDC data at a CPU-sized protocol.
+"""ACTION++ against supervised-only on the real ACDC data, at a budget a CPU (or a GPU) can afford.
 
-    .venv/bin/python bench/small_acdc.py                      # ../shared/data/ACDC, 3 labeled patients
-    .venv/bin/python bench/small_acdc.py --size 128 --finetune 2000 --device cuda
+    .venv/bin/python bench/small_acdc.py                                   # quick: 64x64, 600 iterations, 3 patients
+    .venv/bin/python bench/small_acdc.py --seeds 1337,1,2                  # several seeds: mean and each seed
+    .venv/bin/python bench/small_acdc.py --size 128 --budget 2000 --labeled 7
+    .venv/bin/python bench/small_acdc.py --size 256 --budget 0 --device cuda   # the paper's protocol (30K)
+    .venv/bin/python bench/small_acdc.py --set pseudo_distribution_alignment=false   # an ablation
 
-Both runs use the same labeled patients (the first of train_slices.list), the same total number of
-iterations, the same seed and network; ACTION++ also sees the other training slices, unlabeled.  Both
-are evaluated on the validation volumes (val.list; the test volumes are held out) with the paper's
-metrics (medpy, voxel units).  Prints both tables and the difference in mean Dice.
+Both arms use the same labeled patients (the first of train_slices.list), the same total number of
+iterations (``--budget``, laid out over the phases by ACTIONPlusPlusLib/budget.py; 0 = the preset's
+explicit paper schedule), the same seed and network; ACTION++ also sees the other training slices,
+unlabeled.  Both are evaluated on the validation volumes (val.list; the test volumes are held out) with
+the paper's metrics (medpy, voxel units).  For ACTION++ the Dice of the weights not exported (student or
+EMA teacher, read from the run's checkpoint) is printed too.  The last line is
+``mean Dice: ACTION++ X, supervised-only Y (+D points)`` (means over the seeds).
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -26,7 +33,19 @@ from ACTIONPlusPlusLib.data import load_dataset  # noqa: E402
 from ACTIONPlusPlusLib.evaluation import evaluate_cases  # noqa: E402
 from ACTIONPlusPlusLib.metrics import format_table  # noqa: E402
 from ACTIONPlusPlusLib.model_io import load_model  # noqa: E402
+from ACTIONPlusPlusLib.models import build_network  # noqa: E402
 from ACTIONPlusPlusLib.training import train  # noqa: E402
+from ACTIONPlusPlusLib.training.checkpoint import load_checkpoint  # noqa: E402
+
+
+def _other_weights_dice(run_dir: Path, cfg, val) -> tuple[str, float]:
+    """Mean Dice of the ACTION++ weights that model.pt does not hold (student or teacher)."""
+    other = "student" if cfg.export_weights == "teacher" else "teacher"
+    state = load_checkpoint(run_dir / "checkpoint.pt", map_location="cpu")
+    model = build_network(cfg)
+    model.load_state_dict(state[other])
+    model.eval()
+    return other, evaluate_cases(model, cfg, val).summary["mean"]["dice"]
 
 
 def main() -> int:
@@ -34,41 +53,58 @@ def main() -> int:
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "ACDC")
     parser.add_argument("--labeled", type=int, default=3, help="labeled patients (3 = 5%%, 7 = 10%%)")
     parser.add_argument("--size", type=int, default=64, help="network input size (paper: 256)")
-    parser.add_argument("--warmup", type=int, default=100)
-    parser.add_argument("--joint", type=int, default=100)
-    parser.add_argument("--finetune", type=int, default=400)
+    parser.add_argument("--budget", type=int, default=600,
+                        help="total iterations of each arm (0 = the preset's paper schedule, 30K)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seed", type=int, default=1337)
+    parser.add_argument("--seeds", default=None, help="comma-separated seeds (overrides --seed)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override for the ACTION++ arm (ablations)")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "small_acdc")
     args = parser.parse_args()
     if not args.data.is_dir():
         print(f"ACDC data not found at {args.data}", file=sys.stderr)
         return 2
+    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else [args.seed]
     local = max(8, args.size // 4)
-    cfg = preset("acdc", patch_size=[args.size, args.size], pretrain_warmup_iterations=args.warmup,
-                 pretrain_joint_iterations=args.joint, finetune_iterations=args.finetune,
-                 local_window=local, local_stride=local // 2, local_pool=min(8, local // 2),
-                 device=args.device, seed=args.seed, log_every=25, checkpoint_every=10**9)
-    train_set = load_dataset(args.data, cfg, labeled=args.labeled, splits=("train",))
-    val = load_dataset(args.data, cfg, splits=("val",)).val
-    print(f"ACDC: {len(train_set.labeled)} labeled slices ({args.labeled} patients), {len(train_set.unlabeled)} unlabeled "
-          f"slices, {len(val)} validation volumes; {args.size}x{args.size}, {cfg.total_iterations} iterations each, "
-          f"torch {torch.__version__} on {args.device}", flush=True)
-    tables, means = [], {}
-    for name, mode in (("ACTION++", "actionpp"), ("supervised-only", "supervised")):
-        run_cfg = cfg.replace(mode=mode)
-        started = time.perf_counter()
-        result = train(run_cfg, train_set.labeled, train_set.unlabeled if mode == "actionpp" else [], args.out / mode)
-        seconds = time.perf_counter() - started
-        model, model_cfg = load_model(result.model_path)
-        evaluation = evaluate_cases(model, model_cfg, val)
-        means[name] = evaluation.summary["mean"]["dice"]
-        tables.append(format_table(evaluation.summary, cfg.foreground_names,
-                                   f"{name}: {args.labeled} labeled patients, validation volumes ({seconds:.0f} s training)"))
-        print(tables[-1] + "\n", flush=True)
-    delta = 100 * (means["ACTION++"] - means["supervised-only"])
-    print(f"mean Dice: ACTION++ {100 * means['ACTION++']:.2f}, supervised-only {100 * means['supervised-only']:.2f} "
-          f"({delta:+.2f} points)")
+    overrides = dict(kv.split("=", 1) for kv in args.set)
+    base = preset("acdc", patch_size=[args.size, args.size], budget_iterations=args.budget,
+                  local_window=local, local_stride=local // 2, local_pool=min(8, local // 2),
+                  device=args.device, log_every=25, checkpoint_every=10**9)
+    train_set = load_dataset(args.data, base, labeled=args.labeled, splits=("train",))
+    val = load_dataset(args.data, base, splits=("val",)).val
+    print(f"ACDC: {len(train_set.labeled)} labeled slices ({args.labeled} patients), {len(train_set.unlabeled)} "
+          f"unlabeled slices, {len(val)} validation volumes; {args.size}x{args.size}, {base.total_iterations} "
+          f"iterations each (phases {'+'.join(str(n) for n in (lambda l: (l.warmup, l.joint, l.finetune))(base.phase_lengths()))}), seeds {seeds}, torch {torch.__version__} on "
+          f"{args.device}" + (f"; ACTION++ overrides {overrides}" if overrides else ""), flush=True)
+    results: dict[str, list[float]] = {"ACTION++": [], "supervised-only": []}
+    for seed in seeds:
+        for name, mode in (("ACTION++", "actionpp"), ("supervised-only", "supervised")):
+            run_cfg = base.replace(mode=mode, seed=seed, **(overrides if mode == "actionpp" else {}))
+            run_dir = args.out / f"seed{seed}" / mode
+            started = time.perf_counter()
+            result = train(run_cfg, train_set.labeled, train_set.unlabeled if mode == "actionpp" else [], run_dir)
+            seconds = time.perf_counter() - started
+            model, model_cfg = load_model(result.model_path)
+            evaluation = evaluate_cases(model, model_cfg, val)
+            results[name].append(evaluation.summary["mean"]["dice"])
+            print(format_table(evaluation.summary, base.foreground_names,
+                               f"seed {seed}, {name}: {args.labeled} labeled patients, validation volumes "
+                               f"({seconds:.0f} s training)"), flush=True)
+            if mode == "actionpp":
+                other, dice = _other_weights_dice(run_dir, run_cfg, val)
+                print(f"  (ACTION++ {other} weights, not exported: mean Dice {100 * dice:.2f}; exported: "
+                      f"{run_cfg.export_weights})", flush=True)
+            print(flush=True)
+        print(f"seed {seed}: ACTION++ {100 * results['ACTION++'][-1]:.2f}, supervised-only "
+              f"{100 * results['supervised-only'][-1]:.2f} "
+              f"({100 * (results['ACTION++'][-1] - results['supervised-only'][-1]):+.2f} points)\n", flush=True)
+    if len(seeds) > 1:
+        for name, values in results.items():
+            print(f"{name}: mean {100 * statistics.mean(values):.2f} over seeds "
+                  + ", ".join(f"{s}: {100 * v:.2f}" for s, v in zip(seeds, values)))
+    ours, theirs = statistics.mean(results["ACTION++"]), statistics.mean(results["supervised-only"])
+    print(f"mean Dice: ACTION++ {100 * ours:.2f}, supervised-only {100 * theirs:.2f} ({100 * (ours - theirs):+.2f} points)")
     return 0
 
 

@@ -9,7 +9,7 @@ the code (the order of negatives within a row differs, which the CE does not see
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +22,7 @@ __all__ = [
     "anco_loss",
     "anco_sample",
     "contrast_ce",
+    "indexed_contrast",
     "gather_pixels",
     "sample_categorical",
     "sample_per_class",
@@ -75,6 +76,11 @@ def sample_per_class(
     _, order, counts, offsets = sort_by_class(keys, c)
     cls = torch.arange(c, device=order.device).view((c,) + (1,) * len(shape)).expand((c,) + shape)
     return _uniform_within(order, counts, offsets, cls, generator), counts
+
+
+def pixel_rows(x: Tensor) -> Tensor:
+    """(N, D, *S) map -> (N*prod(S), D) rows (a free view when ``x`` is channels-last in memory)."""
+    return x.movedim(1, -1).reshape(-1, x.shape[1])
 
 
 def gather_pixels(x: Tensor, idx: Tensor) -> Tensor:
@@ -171,8 +177,8 @@ def anco_sample(
 
     # prototypes: one masked sum over the (pixels, C) mask (spec 10.6)
     classes = torch.arange(num_classes, device=device)
-    mask = (valid_key.view(rep.shape[0], -1, 1) == classes).float()  # (B, P, C)
-    sums = torch.einsum("bpc,bdp->cd", mask, rep.detach().float().flatten(2))
+    mask = (valid_key.view(-1, 1) == classes).float()  # (B*P, C)
+    sums = mask.t() @ pixel_rows(rep.detach().float())  # (C, D)
     protos = sums / valid_counts.clamp_min(1).unsqueeze(1).float()
     present = valid_counts > 0
     unit = F.normalize(protos, dim=1, eps=1e-8)
@@ -190,6 +196,62 @@ def anco_sample(
     return AncoSample(q_idx, neg_idx, neg_cls, protos, pi, use, present.sum(), valid_counts, hard_counts)
 
 
+class _IndexedContrast(torch.autograd.Function):
+    """Per-query CE (target 0) over ``[q.pos, q.rows[idx_1], ..., q.rows[idx_M]] / tau``.
+
+    ``q`` (N, D) unit queries (the only input with gradient), ``pos`` (N, D) unit positives, ``rows``
+    (P, D) unit candidate negatives, ``idx`` (N, M) long.  The negatives are read from ``rows`` by index
+    into one small reused buffer, ``chunk`` queries at a time, and never kept.  The gradient w.r.t.
+    ``q``, ``(p_pos - 1) pos / tau + sum_m p_m rows[idx_m] / tau``, is formed in the forward pass with
+    one fused gather-and-sum (``embedding_bag`` with the softmax weights) and is all the backward needs.
+    Memory is O(N D + N M + chunk M D) instead of the O(N M D) of a gathered tensor.
+    """
+
+    @staticmethod
+    def forward(ctx, q: Tensor, pos: Tensor, rows: Tensor, idx: Tensor, tau: float, chunk: int) -> Tensor:
+        n, m = idx.shape
+        d = q.shape[1]
+        inv_tau = 1.0 / float(tau)
+        l_pos = (q * pos).sum(dim=1) * inv_tau  # (N,)
+        l_neg = q.new_empty(n, m)
+        chunk = max(1, min(int(chunk), n))
+        buf = q.new_empty(chunk, m, d)
+        for a in range(0, n, chunk):
+            b = min(n, a + chunk)
+            neg = buf[: b - a]
+            torch.index_select(rows, 0, idx[a:b].reshape(-1), out=neg.view(-1, d))
+            torch.sum(neg * q[a:b].unsqueeze(1), dim=2, out=l_neg[a:b])
+        l_neg.mul_(inv_tau)
+        lse = torch.logaddexp(l_pos, torch.logsumexp(l_neg, dim=1))
+        p_neg = torch.exp(l_neg - lse.unsqueeze(1))
+        p_pos = torch.exp(l_pos - lse)
+        weighted = F.embedding_bag(idx, rows, per_sample_weights=p_neg, mode="sum")  # sum_m p_m rows[idx_m]
+        grad = ((p_pos - 1.0).unsqueeze(1) * pos + weighted) * inv_tau
+        ctx.save_for_backward(grad)
+        return lse - l_pos
+
+    @staticmethod
+    def backward(ctx, grad_loss: Tensor):
+        (grad,) = ctx.saved_tensors
+        return grad_loss.unsqueeze(1) * grad, None, None, None, None, None
+
+
+def indexed_contrast(query: Tensor, positive: Tensor, rows: Tensor, idx: Tensor, tau: float,
+                     chunk: int | None = None) -> Tensor:
+    """Per-query contrastive CE with negatives ``rows[idx]`` read by index (see :class:`_IndexedContrast`).
+
+    ``query`` (N, D) raw rows (normalised here, with gradient), ``positive`` (N, D) and ``rows`` (P, D)
+    unit rows (detached), ``idx`` (N, M).  Returns (N,) losses; ``contrast_ce`` of one query equals
+    this with ``rows[idx]`` as its negatives.  ``chunk`` (queries per gather): 16 on CPU, where a
+    cache-sized buffer is fastest, all at once on GPUs.
+    """
+    if chunk is None:
+        chunk = 16 if query.device.type == "cpu" else max(1, idx.shape[0])
+    q = F.normalize(query.float(), dim=1, eps=1e-8)
+    return _IndexedContrast.apply(q, positive.detach().float(), rows.detach().float().contiguous(), idx.long(),
+                                  float(tau), int(chunk))
+
+
 @fp32_loss
 def anco_loss(
     rep: Tensor,
@@ -201,6 +263,7 @@ def anco_loss(
     num_negatives: int = 512,
     strong_threshold: float = 0.97,
     generator: torch.Generator | None = None,
+    query_rows: Callable[[Tensor], Tensor] | None = None,
 ) -> Tensor:
     """AnCo loss (spec 6.4): hard-query regional contrast against class prototypes.
 
@@ -216,14 +279,21 @@ def anco_loss(
     Result = sum of the terms of classes with hard pixels / V; 0 when ``V <= 1``.  Every class is
     evaluated and masked (no data-dependent branch, hence no host sync).
     ``generator`` must live on ``rep``'s device when given.
+
+    ``query_rows``: optional function from flat pixel indices (n,) to the representation rows (n, D)
+    with gradient (the sparse path of :class:`~ACTIONPlusPlusLib.models.heads.RepresentationHead`);
+    ``rep`` is then only read without gradient (prototypes, negatives).
     """
     smp = anco_sample(rep, labels, valid, prob, tau, num_queries, num_negatives, strong_threshold, generator)
-    total = torch.zeros((), dtype=torch.float32, device=rep.device)
-    for i in range(prob.shape[1]):  # C <= 4; bounds memory to one class's (Q*M, D) gather
-        query = gather_pixels(rep, smp.query_idx[i]).float()  # (Q, D), with gradient
-        with torch.no_grad():
-            negatives = gather_pixels(rep.detach(), smp.negative_idx[i]).float()  # (Q, M, D)
-        term = contrast_ce(query, smp.prototypes[i], negatives, tau)
-        total = total + torch.where(smp.use[i], term, torch.zeros_like(term))
+    num_classes = prob.shape[1]
+    with torch.no_grad():
+        rows = F.normalize(pixel_rows(rep.detach().float()), dim=1, eps=1e-8)
+        protos = F.normalize(smp.prototypes, dim=1, eps=1e-8)  # (C, D)
+    q_idx = smp.query_idx.reshape(-1)  # (C*Q,)
+    query = query_rows(q_idx) if query_rows is not None else gather_pixels(rep, q_idx)
+    per_query = indexed_contrast(query, protos.repeat_interleave(num_queries, dim=0), rows,
+                                 smp.negative_idx.reshape(q_idx.shape[0], -1), tau)
+    terms = per_query.view(num_classes, num_queries).mean(dim=1)  # (C,)
+    total = torch.where(smp.use, terms, torch.zeros_like(terms)).sum()
     v = smp.num_valid
     return torch.where(v > 1, total / v.clamp_min(1).float(), torch.zeros_like(total))

@@ -63,6 +63,44 @@ def hungarian_allocation(similarity: Tensor, method: str = "auto") -> Tensor:
     return perms.index_select(0, torch.argmax(totals).view(1)).squeeze(0)
 
 
+class _LogSumExpMatmul(torch.autograd.Function):
+    """``logsumexp(a @ keys.T, dim=1)``, differentiable w.r.t. ``a`` only.
+
+    Computed over chunks of ``keys`` with a running maximum (the online softmax), so the (n, K) matrix
+    never exists whole: each (n, chunk) block is exponentiated in place while it is in cache, and its
+    contribution to the gradient ``softmax(a @ keys.T) @ keys`` is accumulated in the same pass.  The
+    backward only scales that saved (n, d) gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, a: Tensor, keys: Tensor, chunk: int) -> Tensor:
+        n = a.shape[0]
+        peak = a.new_full((n, 1), float("-inf"))
+        total = a.new_zeros((n, 1))
+        acc = a.new_zeros((n, keys.shape[1]))
+        for block in keys.split(max(1, int(chunk))):
+            z = a @ block.t()
+            new_peak = torch.maximum(peak, z.amax(dim=1, keepdim=True))
+            rescale = torch.exp(peak - new_peak)
+            z.sub_(new_peak).exp_()
+            total = total * rescale + z.sum(dim=1, keepdim=True)
+            acc = acc * rescale + z @ block
+            peak = new_peak
+        ctx.save_for_backward(acc / total)
+        return (peak + total.log()).squeeze(1)
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        (grad,) = ctx.saved_tensors
+        return grad_out.unsqueeze(1) * grad, None, None
+
+
+def logsumexp_matmul(a: Tensor, keys: Tensor) -> Tensor:
+    """``torch.logsumexp(a @ keys.T, 1)`` differentiable w.r.t. ``a`` only (see :class:`_LogSumExpMatmul`)."""
+    chunk = 2048 if a.device.type == "cpu" else max(1, keys.shape[0])  # cache-sized blocks on CPU
+    return _LogSumExpMatmul.apply(a, keys.detach(), chunk)
+
+
 @fp32_loss
 def saacl_loss(
     s: Tensor,
@@ -97,21 +135,25 @@ def saacl_loss(
     centers = centers.float()
     y = y.long()
     num_classes = centers.shape[0]
-    l_pos = (s * t).sum(dim=1, keepdim=True)
-    z = torch.cat([l_pos, s @ queue.t(), s @ centers.t()], dim=1) / tau  # (n, 1 + K + C)
-    log_z = torch.logsumexp(z, dim=1)  # (n,)
+    inv_tau = 1.0 / float(tau)
+    # Only two (n, K + C) passes: one matmul and one logsumexp (whose backward is the softmax).  The
+    # positive, same-class queue and target columns are computed from their rows directly (O(n d)),
+    # never gathered from or scattered into the (n, 1 + K + C) matrix; 1 / tau scales ``s`` (n x d).
+    s_tau = s * inv_tau
+    l_pos = (s_tau * t).sum(dim=1)  # (n,) = z[:, 0]
+    keys = torch.cat([queue, centers])  # (K + C, d)
+    log_z = torch.logaddexp(l_pos, logsumexp_matmul(s_tau, keys))  # (n,)
     # same-class queue entries: sum_k [label_k == y_i] z_ik = s_i . (sum of the class's queue rows) / tau
     classes = torch.arange(num_classes, device=s.device)
     member = (queue_labels.long().unsqueeze(0) == classes.unsqueeze(1)).float()  # (C, K)
     class_sums = member @ queue  # (C, d)
     class_counts = member.sum(dim=1)  # (C,)
     y_c = y.clamp(0, num_classes - 1)
-    pos_queue = (s * class_sums[y_c]).sum(dim=1) / tau
+    pos_queue = (s_tau * class_sums[y_c]).sum(dim=1)
     n_view = 1.0 + class_counts[y_c]  # |P_view|
-    sum_view = z[:, 0] + pos_queue - n_view * log_z  # sum of log_prob over P_view
+    sum_view = l_pos + pos_queue - n_view * log_z  # sum of log_prob over P_view
     card = n_view + 1.0  # |P|
-    target_col = 1 + queue.shape[0] + assignment.long()[y_c]
-    log_prob_target = z.gather(1, target_col.unsqueeze(1)).squeeze(1) - log_z
+    log_prob_target = (s_tau * centers[assignment.long()[y_c]]).sum(dim=1) - log_z
     loss_class = -sum_view / card
     loss_target = -log_prob_target / card
     per_anchor = loss_class + lambda_a * loss_target
@@ -222,16 +264,34 @@ class SAACL(nn.Module):
                              f"{tuple(student_feat.shape)} and {tuple(teacher_feat.shape)}")
         if tuple(labels.shape) != (student_feat.shape[0], *student_feat.shape[2:]):
             raise ValueError(f"SAACL labels {tuple(labels.shape)} do not match features {tuple(student_feat.shape)}")
-        c = self.num_classes
-        idx, counts = sample_per_class(labels.reshape(-1), c, self.anchors_per_class, generator)  # (C, A)
-        idx = idx.reshape(-1)
-        a = self.anchors_per_class
-        weights = (counts > 0).view(c, 1).expand(c, a).reshape(-1)  # (C*A,) bool, absent classes False
-        y = torch.arange(c, device=idx.device).view(c, 1).expand(c, a).reshape(-1)
-        # normalise only the gathered rows (identical to normalising the whole map first)
-        s = F.normalize(gather_pixels(student_feat, idx).float(), dim=1)
+        idx, y, weights = self.sample(labels, generator)
+        s = gather_pixels(student_feat, idx)
         with torch.no_grad():
-            t = F.normalize(gather_pixels(teacher_feat.detach(), idx).float(), dim=1)
+            t = gather_pixels(teacher_feat.detach(), idx)
+        return self.rows_loss(s, t, y, weights, tau)
+
+    @torch.no_grad()
+    def sample(self, labels: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """Anchor pixels: ``anchors_per_class`` per class, uniform with replacement over the batch.
+
+        Returns flat pixel indices over ``labels`` (C*A,), the anchors' classes (C*A,) and their 0/1
+        weights (absent classes False).
+        """
+        c, a = self.num_classes, self.anchors_per_class
+        idx, counts = sample_per_class(labels.reshape(-1), c, a, generator)  # (C, A)
+        weights = (counts > 0).view(c, 1).expand(c, a).reshape(-1)
+        y = torch.arange(c, device=idx.device).view(c, 1).expand(c, a).reshape(-1)
+        return idx.reshape(-1), y, weights
+
+    @fp32_loss
+    def rows_loss(self, student_rows: Tensor, teacher_rows: Tensor, y: Tensor, weights: Tensor, tau: float) -> Tensor:
+        """Loss of anchors given as rows (n, d) (from :meth:`sample`'s indices); updates the state.
+
+        Rows are normalised here (identical to normalising the whole map first).
+        """
+        s = F.normalize(student_rows.float(), dim=1)
+        with torch.no_grad():
+            t = F.normalize(teacher_rows.detach().float(), dim=1)
         if self.update_first:
             self.update_centroids(s.detach(), y, weights)
         # the queue is cloned because autograd saves it for the backward of ``s @ queue.T`` and the

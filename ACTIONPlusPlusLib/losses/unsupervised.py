@@ -8,7 +8,7 @@ from torch import Tensor
 
 from .supervised import fp32_loss
 
-__all__ = ["pseudo_label_loss"]
+__all__ = ["pseudo_label_loss", "masked_pseudo_label_loss"]
 
 
 @fp32_loss
@@ -29,3 +29,15 @@ def pseudo_label_loss(logits_u: Tensor, pseudo: Tensor, conf: Tensor, threshold:
     positive = ce > 0
     weighted = torch.where(positive, weight.unsqueeze(1) * ce, torch.zeros_like(ce))
     return weighted.sum() / positive.sum().clamp_min(1).float()
+
+
+@fp32_loss
+def masked_pseudo_label_loss(logits_u: Tensor, pseudo: Tensor, mask: Tensor) -> Tensor:
+    """``sum over pixels of mask * CE(logits, pseudo) / number of pixels`` (FixMatch / UniMatch style).
+
+    ``mask`` (B, *S) bool: the pixels whose teacher confidence passes their class's threshold.  Dividing
+    by every pixel (not by the masked ones) makes the term grow with the share of confident pixels, so
+    an unsure teacher contributes little instead of a full-weight loss on a few pixels.
+    """
+    ce = F.cross_entropy(logits_u.float(), pseudo.long().clamp_min(0), reduction="none")
+    return (ce * mask.float()).sum() / float(max(mask.numel(), 1))

@@ -128,3 +128,117 @@ class RepresentationHead(nn.Module):
         else:
             x = self.first(torch.cat([self._up(f, size) for f in features], dim=1))
         return self.last(x)
+
+    # --- sparse evaluation (kernel 1 only) ---------------------------------------------------------
+    # With kernel 1 the head is linear end to end (1x1 conv per scale, linear upsampling, sum, 1x1 conv),
+    # so its value at a pixel only needs each scale's features interpolated at that pixel.  The
+    # fine-tuning losses need the representation with gradient at a few thousand sampled pixels only
+    # (queries, anchors): :meth:`at_pixels` computes exactly those rows (its backward touches the
+    # C_s-channel features at 2^dim corners per pixel, never a d-channel full-resolution map), and
+    # :meth:`dense_no_grad` the whole map without gradient (prototypes, negatives).
+    def at_pixels(self, features: list[torch.Tensor], idx: torch.Tensor) -> torch.Tensor:
+        """Rows ``(len(idx), d)`` of ``forward(features)`` at flat pixel indices over ``(N, *S)``.
+
+        Equal (to float rounding) to gathering the rows of the dense map; differentiable w.r.t. the
+        features and the head's weights.  Interpolation follows ``align_corners=True``.
+        """
+        if self.kernel != 1:
+            raise ValueError("sparse evaluation needs representation_kernel=1")
+        size = tuple(features[-1].shape[2:])
+        idx = idx.reshape(-1).long()
+        per_image = math.prod(size)
+        n_idx = idx // per_image
+        rest = idx % per_image
+        coords = []  # full-resolution integer coordinate along each axis
+        for extent in reversed(size):
+            coords.append(rest % extent)
+            rest = rest // extent
+        coords.reverse()
+        rows = None
+        for proj, f in zip(self.per_scale, features):
+            part = F.linear(_bilinear_rows(f, n_idx, coords, size), proj.weight.reshape(proj.out_channels, -1))
+            rows = part if rows is None else rows + part
+        weight = self.last.weight.reshape(self.last.out_channels, -1)
+        return F.linear(rows, weight, self.last.bias)
+
+    @torch.no_grad()
+    def dense_no_grad(self, features: list[torch.Tensor]) -> torch.Tensor:
+        """``forward(features)`` without gradient, as a (N, d, *S) view of channels-last memory (the
+        losses read it as pixel rows); kernel 1 only.
+
+        The last 1x1 conv is folded into each scale's projection (``W_last W_s``, exact by linearity), so
+        no d x d product runs at full resolution, and linear upsampling, being separable, runs as one
+        small interpolation matrix product per axis instead of ``interpolate``'s per-pixel kernel.
+        """
+        if self.kernel != 1:
+            raise ValueError("sparse evaluation needs representation_kernel=1")
+        last = self.last.weight.reshape(self.last.out_channels, -1)
+        size = tuple(features[-1].shape[2:])
+        total = None
+        for proj, f in zip(self.per_scale, features):
+            folded = last @ proj.weight.reshape(proj.out_channels, -1)  # (d, C_s)
+            x = f.movedim(1, -1)  # (N, *s, C_s)
+            if x.shape[-1] < folded.shape[0]:  # fewer channels than d: upsample first, then project
+                x = F.linear(_upsample(x, size), folded)
+            else:
+                x = _upsample(F.linear(x, folded), size)
+            total = x if total is None else total + x
+        return (total + self.last.bias).movedim(-1, 1)
+
+
+def _upsample(x: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+    """Channels-last (N, *s, c) -> (N, *size, c), linear with ``align_corners=True``, axis by axis."""
+    for axis, out in enumerate(size):
+        src = x.shape[1 + axis]
+        if src != out:
+            matrix = _interpolation_matrix(src, out, x.dtype, x.device)  # (out, src)
+            x = torch.movedim(torch.tensordot(x, matrix, dims=([1 + axis], [1])), -1, 1 + axis)
+    return x
+
+
+def _interpolation_matrix(src: int, out: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """(out, src) weights of 1D linear interpolation with ``align_corners=True``."""
+    scale = (src - 1) / (out - 1) if out > 1 else 0.0
+    pos = torch.arange(out, dtype=torch.float64) * scale
+    lo = pos.floor().long().clamp(0, src - 1)
+    hi = (lo + 1).clamp(max=src - 1)
+    frac = pos - lo.double()
+    matrix = torch.zeros(out, src, dtype=torch.float64)
+    rows = torch.arange(out)
+    matrix.index_put_((rows, lo), 1.0 - frac, accumulate=True)
+    matrix.index_put_((rows, hi), frac, accumulate=True)
+    return matrix.to(dtype=dtype, device=device)
+
+
+def _bilinear_rows(g: torch.Tensor, n_idx: torch.Tensor, coords: list[torch.Tensor], size: tuple[int, ...]) -> torch.Tensor:
+    """(n, d) values of ``interpolate(g, size, align_corners=True)`` at the given full-size coordinates."""
+    src_size = g.shape[2:]
+    flat = g.flatten(2)  # (N, d, prod(src))
+    if tuple(src_size) == tuple(size):
+        lin = torch.zeros_like(n_idx)
+        for c, extent in zip(coords, src_size):
+            lin = lin * extent + c
+        return flat[n_idx, :, lin]
+    lows, highs, fracs = [], [], []
+    for c, extent, out in zip(coords, src_size, size):
+        scale = (extent - 1) / (out - 1) if out > 1 else 0.0
+        pos = c.to(torch.float64) * scale
+        lo = pos.floor().long().clamp(0, extent - 1)
+        lows.append(lo)
+        highs.append((lo + 1).clamp(max=extent - 1))
+        fracs.append((pos - lo.to(torch.float64)).to(g.dtype))
+    # every corner of every point in one gather (one index_put in the backward)
+    lins, weights = [], []
+    for corner in range(2 ** len(coords)):
+        lin = torch.zeros_like(n_idx)
+        weight = None
+        for axis, extent in enumerate(src_size):
+            upper = (corner >> (len(coords) - 1 - axis)) & 1
+            lin = lin * extent + (highs[axis] if upper else lows[axis])
+            w = fracs[axis] if upper else 1.0 - fracs[axis]
+            weight = w if weight is None else weight * w
+        lins.append(lin)
+        weights.append(weight)
+    corners = len(lins)
+    values = flat[n_idx.repeat(corners), :, torch.cat(lins)]  # (corners * n, d)
+    return (values * torch.cat(weights).unsqueeze(1)).view(corners, -1, values.shape[1]).sum(dim=0)

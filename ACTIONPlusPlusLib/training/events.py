@@ -27,7 +27,8 @@ class ProgressTracker:
         self._last_overall = overall_iteration
 
     def progress(self, *, stage: str, phase: str, iteration: int, total: int, overall_iteration: int,
-                 losses: dict[str, float], lr: float, temperature: dict[str, float]) -> dict[str, Any]:
+                 losses: dict[str, float], lr: float, temperature: dict[str, float],
+                 pseudo_labels: dict[str, Any] | None = None) -> dict[str, Any]:
         now = time.perf_counter()
         done = overall_iteration - self._last_overall
         if self._last_time is not None and done > 0:
@@ -50,5 +51,7 @@ class ProgressTracker:
             "seconds_per_iteration": self.seconds_per_iteration,
             "eta_seconds": self.seconds_per_iteration * max(0, self.overall_total - overall_iteration),
         }
+        if pseudo_labels is not None:  # fine-tuning: class shares of labeled pixels and of pseudo-labels
+            event["pseudo_labels"] = pseudo_labels
         self.emit(event)
         return event

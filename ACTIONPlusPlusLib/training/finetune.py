@@ -1,5 +1,15 @@
 """Stage 2, fine-tuning (spec 6): supervised + pseudo-label loss + anatomical contrast (AnCo, Eq. 2)
 + SAACL (Eq. 3-5) on a d = 128 representation head of the student and its EMA copy on the teacher (D6).
+
+Beyond the spec (issue 9, README "Design decisions"): pseudo-labels are made class-aware
+(distribution alignment of the teacher's probabilities to the labeled class prior, per-class
+confidence thresholds) and masked per pixel, and the unsupervised and contrastive weights ramp up.
+
+Cost (issue 10): one student forward over labeled + strong unlabeled images and one teacher forward
+over labeled + weak unlabeled images (``fused_forward``); the representation head is evaluated densely
+only without gradient (prototypes, negatives) and, with gradient, only at the sampled query and anchor
+pixels (``RepresentationHead.at_pixels``, exact because the kernel-1 head is linear); AnCo reads its
+negatives by index without materialising them (``losses.anco.indexed_contrast``).
 """
 
 from __future__ import annotations
@@ -8,19 +18,27 @@ import copy
 from dataclasses import dataclass
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from ..distributed import all_gather_cat
-from ..losses.anco import anco_loss
+from ..losses.anco import anco_loss, gather_pixels
 from ..losses.saacl import SAACL
-from ..losses.supervised import supervised_loss
-from ..losses.unsupervised import pseudo_label_loss
+from ..losses.supervised import fp32_loss, one_hot, supervised_loss
+from ..losses.unsupervised import masked_pseudo_label_loss, pseudo_label_loss
 from ..models.heads import RepresentationHead
 from ..schedules import ema_update
 from . import augment
 
 
 class FinetuneHeads(nn.Module):
+    """Representation heads, SAACL state and the running class statistics of the pseudo-labels.
+
+    Buffers (in the checkpoint): ``labeled_prior`` (C,) EMA of the labeled batches' class fractions,
+    ``teacher_prior`` (C,) EMA of the teacher's mean class probability on unlabeled images,
+    ``class_confidence`` (C,) EMA of the mean (aligned) teacher confidence of the pixels given to each
+    class, ``stats_ready`` whether the EMAs have been initialised from a first batch.
+    """
+
     def __init__(self, cfg, feature_channels: list[int]) -> None:
         super().__init__()
         self.q_rep = RepresentationHead(cfg.dim, feature_channels, cfg.representation_dim, cfg.representation_kernel)
@@ -29,10 +47,66 @@ class FinetuneHeads(nn.Module):
                            anchors_per_class=cfg.saacl_anchors_per_class, lambda_a=cfg.lambda_a,
                            centroid_momentum=cfg.centroid_momentum, center_seed=cfg.seed)
         self.saacl.gather_fn = all_gather_cat
+        c = cfg.num_classes
+        self.register_buffer("labeled_prior", torch.full((c,), 1.0 / c))
+        self.register_buffer("teacher_prior", torch.full((c,), 1.0 / c))
+        self.register_buffer("class_confidence", torch.ones(c))
+        self.register_buffer("stats_ready", torch.zeros((), dtype=torch.bool))
 
     @torch.no_grad()
     def ema(self, decay: float) -> None:
         ema_update(self.k_rep, self.q_rep, decay)
+
+    def _ema_(self, buffer: Tensor, value: Tensor, momentum: float) -> None:
+        buffer.copy_(torch.where(self.stats_ready, momentum * buffer + (1.0 - momentum) * value, value))
+
+    @torch.no_grad()
+    @fp32_loss
+    def pseudo_labels(self, cfg, prob_t: Tensor, y_l: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Class-aware pseudo-labels from the teacher's probabilities ``prob_t`` (B, C, *S).
+
+        Returns ``(pseudo, conf, thresholds)``: argmax and max of the (aligned) probabilities and the
+        per-class confidence thresholds (C,).  Updates the running statistics (no host sync).
+        """
+        c = prob_t.shape[1]
+        m = float(cfg.class_stats_momentum)
+        dims = [0] + list(range(2, prob_t.dim()))
+        labeled_frac = one_hot(y_l, c).mean(dim=dims)
+        labeled_frac = all_gather_cat(labeled_frac.unsqueeze(0)).mean(dim=0)
+        teacher_frac = all_gather_cat(prob_t.float().mean(dim=dims).unsqueeze(0)).mean(dim=0)
+        self._ema_(self.labeled_prior, labeled_frac, m)
+        self._ema_(self.teacher_prior, teacher_frac, m)
+        prob = prob_t.float()
+        if cfg.pseudo_distribution_alignment:
+            ratio = self.labeled_prior.clamp_min(1e-6) / self.teacher_prior.clamp_min(1e-6)
+            prob = prob * ratio.view(1, c, *([1] * (prob.dim() - 2)))
+            prob = prob / prob.sum(dim=1, keepdim=True).clamp_min(1e-12)
+        conf, pseudo = prob.max(dim=1)
+        member = one_hot(pseudo, c)
+        sums = torch.stack([(member * conf.unsqueeze(1)).sum(dim=dims), member.sum(dim=dims)])  # (2, C)
+        sums = all_gather_cat(sums.unsqueeze(0)).sum(dim=0)
+        mean_conf = torch.where(sums[1] > 0, sums[0] / sums[1].clamp_min(1.0), self.class_confidence)
+        self._ema_(self.class_confidence, mean_conf, m)
+        self.stats_ready.fill_(True)
+        base = float(cfg.pseudo_threshold)
+        if cfg.pseudo_threshold_mode == "classwise":
+            relative = self.class_confidence / self.class_confidence.max().clamp_min(1e-6)
+            thresholds = (base * relative).clamp(min=min(float(cfg.pseudo_threshold_floor), base), max=base)
+        else:
+            thresholds = torch.full((c,), base, device=prob.device)
+        return pseudo, conf, thresholds
+
+
+def _split(x: Tensor, n: int) -> tuple[Tensor, Tensor]:
+    return x[:n], x[n:]
+
+
+def _class_fractions(labels: Tensor, weights: Tensor, num_classes: int) -> Tensor:
+    """Share of each class among the weighted pixels (C,)."""
+    member = one_hot(labels, num_classes) * weights.unsqueeze(1).float()
+    dims = [0] + list(range(2, member.dim()))
+    sums = member.sum(dim=dims)
+    return sums / sums.sum().clamp_min(1.0)
 
 
 @dataclass
@@ -42,16 +116,33 @@ class FinetuneStep:
     teacher: nn.Module
     heads: FinetuneHeads
 
-    def __call__(self, batches, host_gen, dev_gen, tau: float, autocast) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def __call__(self, batches, host_gen, dev_gen, tau: float, autocast, ramp: float = 1.0
+                 ) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
+        """One fine-tuning iteration: ``(total loss, its parts, diagnostics)``.
+
+        ``ramp`` in [0, 1] scales the unsupervised and contrastive weights (the ramp-up).  Diagnostics:
+        ``labeled_fraction`` and ``pseudo_fraction`` (C,) class shares among the labeled pixels and
+        among the pseudo-labelled pixels that pass the mask, and ``mask_fraction`` (the share of
+        unlabeled pixels that pass it).
+        """
         cfg = self.cfg
+        heads = self.heads
         x_l, y_l = batches.labeled(cfg.finetune_labeled_batch, host_gen, dev_gen, cfg.geometric_augmentation)
         x_u = batches.unlabeled(cfg.finetune_unlabeled_batch, host_gen, dev_gen, cfg.geometric_augmentation)
+        n_l = len(x_l)
+        sparse = cfg.representation_kernel == 1
 
         with torch.no_grad(), autocast():  # teacher: pseudo-labels on the weak view, features on x_l
-            prob_t = torch.softmax(self.teacher(x_u).logits.float(), dim=1)
-            conf, pseudo = prob_t.max(dim=1)
-            feat_t = self.teacher(x_l).features
-            rep_t = self.heads.k_rep(feat_t).float()
+            if cfg.fused_forward:
+                out_t = self.teacher(torch.cat([x_l, x_u]))
+                logits_tu = out_t.logits[n_l:]
+                feat_tl = [f[:n_l] for f in out_t.features]
+            else:
+                logits_tu = self.teacher(x_u).logits
+                feat_tl = self.teacher(x_l).features
+            prob_t = torch.softmax(logits_tu.float(), dim=1)
+            rep_t = None if sparse else heads.k_rep(feat_tl).float()
+        pseudo, conf, thresholds = heads.pseudo_labels(cfg, prob_t, y_l)
 
         if cfg.mix == "cutmix":
             masks = augment.cutmix_masks(len(x_u), tuple(x_u.shape[2:]), dev_gen, x_u.device)
@@ -64,28 +155,54 @@ class FinetuneStep:
             x_s, pseudo, conf = augment.mix(x_u, pseudo, conf, masks)
         if cfg.intensity_augmentation:
             x_s = augment.gaussian_blur(augment.jitter(x_s, cfg.strong_jitter_strength, dev_gen), dev_gen)
+        pixel_mask = conf >= thresholds[pseudo]
 
         with autocast():
-            out_l = self.student(x_l)
-            out_u = self.student(x_s)
-            rep_l = self.heads.q_rep(out_l.features)
-            rep_u = self.heads.q_rep(out_u.features)
-        logits_l, logits_u = out_l.logits.float(), out_u.logits.float()
-        rep_l, rep_u = rep_l.float(), rep_u.float()
+            if cfg.fused_forward:
+                out = self.student(torch.cat([x_l, x_s]))
+                logits = out.logits.float()
+                features = out.features
+            else:
+                out_l, out_u = self.student(x_l), self.student(x_s)
+                logits = torch.cat([out_l.logits, out_u.logits]).float()
+                features = [torch.cat([a, b]) for a, b in zip(out_l.features, out_u.features)]
+            if not sparse:
+                rep = heads.q_rep(features).float()
+        logits_l, logits_u = _split(logits, n_l)
+        if sparse:
+            features = [f.float() for f in features]
+            rep = heads.q_rep.dense_no_grad([f.detach() for f in features])
 
-        losses = {
-            "sup": supervised_loss(logits_l, y_l),
-            "unsup": pseudo_label_loss(logits_u, pseudo, conf, cfg.strong_threshold),
-        }
-        prob = torch.cat([torch.softmax(logits_l, 1), torch.softmax(logits_u, 1)]).detach()
+        losses = {"sup": supervised_loss(logits_l, y_l)}
+        if cfg.pseudo_loss == "pixel":
+            losses["unsup"] = masked_pseudo_label_loss(logits_u, pseudo, pixel_mask)
+        else:
+            losses["unsup"] = pseudo_label_loss(logits_u, pseudo, conf, cfg.strong_threshold)
+        prob = torch.softmax(logits, 1).detach()
         valid = torch.cat([torch.ones_like(y_l, dtype=torch.bool), conf >= cfg.weak_threshold])
-        losses["anco"] = anco_loss(torch.cat([rep_l, rep_u]), torch.cat([y_l, pseudo]), valid, prob, tau,
+        losses["anco"] = anco_loss(rep, torch.cat([y_l, pseudo]), valid, prob, tau,
                                    num_queries=cfg.anco_queries, num_negatives=cfg.anco_negatives,
-                                   strong_threshold=cfg.strong_threshold, generator=dev_gen)
-        losses["saacl"] = self.heads.saacl(rep_l, rep_t, y_l, tau, generator=dev_gen)
-        total = (cfg.weight_sup * losses["sup"] + cfg.weight_unsup * losses["unsup"]
-                 + cfg.weight_anco * losses["anco"] + cfg.weight_saacl * losses["saacl"])
-        return total, losses
+                                   strong_threshold=cfg.strong_threshold, generator=dev_gen,
+                                   query_rows=(lambda idx: heads.q_rep.at_pixels(features, idx)) if sparse else None)
+        idx, y_a, w_a = heads.saacl.sample(y_l, dev_gen)  # anchors: labeled pixels (the first n_l images)
+        if sparse:
+            s_rows = heads.q_rep.at_pixels(features, idx)
+            with torch.no_grad():
+                t_rows = heads.k_rep.at_pixels([f.float() for f in feat_tl], idx)
+        else:
+            s_rows = gather_pixels(rep[:n_l], idx)
+            t_rows = gather_pixels(rep_t, idx)
+        losses["saacl"] = heads.saacl.rows_loss(s_rows, t_rows, y_a, w_a, tau)
+        total = (cfg.weight_sup * losses["sup"]
+                 + ramp * (cfg.weight_unsup * losses["unsup"] + cfg.weight_anco * losses["anco"]
+                           + cfg.weight_saacl * losses["saacl"]))
+        with torch.no_grad():
+            diagnostics = {
+                "labeled_fraction": _class_fractions(y_l, torch.ones_like(y_l), cfg.num_classes),
+                "pseudo_fraction": _class_fractions(pseudo, pixel_mask, cfg.num_classes),
+                "mask_fraction": pixel_mask.float().mean(),
+            }
+        return total, losses, diagnostics
 
 
 @dataclass
@@ -95,7 +212,7 @@ class SupervisedStep:
     cfg: object
     student: nn.Module
 
-    def __call__(self, batches, host_gen, dev_gen, autocast) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def __call__(self, batches, host_gen, dev_gen, autocast) -> tuple[Tensor, dict[str, Tensor]]:
         cfg = self.cfg
         x_l, y_l = batches.labeled(cfg.finetune_labeled_batch, host_gen, dev_gen, cfg.geometric_augmentation)
         if cfg.intensity_augmentation:
@@ -104,3 +221,6 @@ class SupervisedStep:
             logits = self.student(x_l).logits
         loss = supervised_loss(logits.float(), y_l)
         return loss, {"sup": loss}
+
+
+__all__ = ["FinetuneHeads", "FinetuneStep", "SupervisedStep"]

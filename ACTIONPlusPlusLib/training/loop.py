@@ -28,7 +28,7 @@ from ..device import resolve_device
 from ..errors import DataError, ModelFileError, TrainingError
 from ..io_utils import check_writable_dir
 from ..models import build_network
-from ..schedules import ats_temperature, ema_update, poly_lr, set_lr
+from ..schedules import ats_temperature, ema_update, poly_lr, set_lr, sigmoid_rampup
 from .batches import BatchSource
 from .checkpoint import load_checkpoint, save_checkpoint
 from .events import Callback, ProgressTracker
@@ -58,12 +58,13 @@ class TrainResult:
 
 
 def phases_for(cfg: Config) -> list[Phase]:
+    lengths = cfg.phase_lengths()  # the budget's layout, or the explicit counts
     if cfg.mode == "supervised":
-        return [Phase("supervised", "supervised", cfg.total_iterations)]
+        return [Phase("supervised", "supervised", lengths.total)]
     return [
-        Phase("warmup", "pretrain", cfg.pretrain_warmup_iterations),
-        Phase("joint", "pretrain", cfg.pretrain_joint_iterations),
-        Phase("finetune", "finetune", cfg.finetune_iterations),
+        Phase("warmup", "pretrain", lengths.warmup),
+        Phase("joint", "pretrain", lengths.joint),
+        Phase("finetune", "finetune", lengths.finetune),
     ]
 
 
@@ -133,6 +134,33 @@ class Trainer:
         if phase.name == "joint":
             return {"student": tau, "teacher": tau}
         return {"anco": tau, "saacl": tau}
+
+    def ema_decay(self, phase: Phase, t: int) -> float:
+        """Teacher EMA decay after iteration ``t`` (0-based) of ``phase`` (see ``Config.ema_warmup``)."""
+        if phase.name == "finetune" and self.cfg.ema_warmup:
+            return min(self.cfg.ema_decay, 1.0 - 1.0 / (t + 2.0))
+        return self.cfg.ema_decay
+
+    def rampup(self, phase: Phase, t: int) -> float:
+        """Weight of the unsupervised and contrastive terms at fine-tuning iteration ``t`` (0-based)."""
+        return sigmoid_rampup(t, int(round(self.cfg.rampup_fraction * phase.iterations)))
+
+    def _pseudo_label_report(self, keys: list[str], values: list[float]) -> dict[str, Any] | None:
+        """Diagnostics for the progress event: class shares of labeled pixels and of the pseudo-labels
+        that pass the mask (by class name), and the share of unlabeled pixels that pass it."""
+        if not keys:
+            return None
+        names = self.cfg.class_names
+        out: dict[str, Any] = {}
+        pos = 0
+        for key in keys:
+            if key == "mask_fraction":
+                out[key] = values[pos]
+                pos += 1
+            else:
+                out[key] = dict(zip(names, values[pos : pos + len(names)]))
+                pos += len(names)
+        return out
 
     # --- state -----------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -243,6 +271,7 @@ class Trainer:
                                "iteration": stage_it})
             self.tracker.start_window(self._overall())
             sums: dict[str, torch.Tensor] = {}
+            diag_sums: dict[str, torch.Tensor] = {}
             count = 0
             while self.iteration < phase.iterations:
                 if should_stop is not None and should_stop():
@@ -255,7 +284,11 @@ class Trainer:
                     loss, parts = pre(self.batches, self.host_gen, self.dev_gen, temps["student"], temps["teacher"],
                                       phase.name == "joint", self.autocast)
                 elif phase.name == "finetune":
-                    loss, parts = fine(self.batches, self.host_gen, self.dev_gen, temps["anco"], self.autocast)
+                    ramp = self.rampup(phase, self.iteration)
+                    loss, parts, diagnostics = fine(self.batches, self.host_gen, self.dev_gen, temps["anco"],
+                                                    self.autocast, ramp)
+                    for key, value in diagnostics.items():
+                        diag_sums[key] = diag_sums.get(key, 0) + value.detach().float()
                 else:
                     loss, parts = sup(self.batches, self.host_gen, self.dev_gen, self.autocast)
                 self.optimizer.zero_grad(set_to_none=True)
@@ -267,8 +300,9 @@ class Trainer:
                 self.optimizer.step()
                 with torch.no_grad():
                     if phase.name != "supervised":
-                        ema_update(self.teacher, self.student, cfg.ema_decay)
-                        (self.isd if phase.name != "finetune" else self.ft).ema(cfg.ema_decay)
+                        decay = self.ema_decay(phase, self.iteration)
+                        ema_update(self.teacher, self.student, decay)
+                        (self.isd if phase.name != "finetune" else self.ft).ema(decay)
                     self._bad |= ~torch.isfinite(loss.detach())
                     for key, value in {"total": loss, **parts}.items():
                         sums[key] = sums.get(key, 0) + value.detach().float()
@@ -278,13 +312,16 @@ class Trainer:
                 if t % cfg.log_every == 0 or t == phase.iterations:
                     self._check_finite(weights=True)
                     keys = list(sums)
-                    means = dist_utils.all_reduce_mean(torch.stack([sums[k] for k in keys]).div(count))  # over ranks
+                    diag_keys = list(diag_sums)
+                    flat = [sums[k].reshape(1) for k in keys] + [diag_sums[k].reshape(-1) for k in diag_keys]
+                    means = dist_utils.all_reduce_mean(torch.cat(flat).div(count))  # over ranks
                     values = means.tolist()  # the one sync per window
                     stage_it, stage_total = self._stage_position()
                     self.tracker.progress(stage=phase.stage, phase=phase.name, iteration=stage_it, total=stage_total,
                                           overall_iteration=self._overall(), losses=dict(zip(keys, values)),
-                                          lr=lr, temperature=temps)
-                    sums, count = {}, 0
+                                          lr=lr, temperature=temps,
+                                          pseudo_labels=self._pseudo_label_report(diag_keys, values[len(keys):]))
+                    sums, diag_sums, count = {}, {}, 0
                 if t % cfg.checkpoint_every == 0 and t < phase.iterations:
                     self.save()
             # phase complete
@@ -325,6 +362,8 @@ def train(cfg: Config, labeled: list[Case], unlabeled: list[Case], out_dir: str 
     out_dir = Path(out_dir)
     check_writable_dir(out_dir)
     warnings = validate_training_cases(labeled, unlabeled, cfg, require_unlabeled=cfg.mode == "actionpp")
+    if cfg.mode == "actionpp":
+        warnings = warnings + list(cfg.phase_lengths().notes)  # budget too small for a phase
     for message in warnings:
         if callback is not None and dist_utils.is_main_process():
             callback({"event": "warning", "message": message})
@@ -356,6 +395,7 @@ def train(cfg: Config, labeled: list[Case], unlabeled: list[Case], out_dir: str 
     stopped = trainer.run(should_stop)
     model_path = None
     if not stopped and dist_utils.is_main_process():
-        model_path = save_model(out_dir / MODEL_NAME, trainer.student, cfg, iterations=trainer.tracker.overall_total)
+        exported = trainer.teacher if cfg.mode == "actionpp" and cfg.export_weights == "teacher" else trainer.student
+        model_path = save_model(out_dir / MODEL_NAME, exported, cfg, iterations=trainer.tracker.overall_total)
     dist_utils.barrier()
     return TrainResult(model_path, checkpoint_path, config_path, stopped, trainer._overall(), warnings)
