@@ -12,6 +12,9 @@ from .errors import ActionError
 
 
 def _add_training_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--iterations", type=int,
+                   help="the budget: total iterations, laid out over every phase (budget.py); "
+                        "default: the preset's paper schedule")
     p.add_argument("--warmup-iterations", type=int, help="pre-training, global-only warm-up phase")
     p.add_argument("--joint-iterations", type=int, help="pre-training, joint global+local+supervised phase")
     p.add_argument("--pretrain-iterations", type=int, help="pre-training total, split evenly between the two phases")
@@ -29,6 +32,14 @@ def build_config(preset_name: str, args: argparse.Namespace):
     from .config import preset
 
     overrides: dict[str, Any] = {}
+    phase_flags = [args.pretrain_iterations, args.warmup_iterations, args.joint_iterations, args.finetune_iterations]
+    if args.iterations is not None:
+        if any(v is not None for v in phase_flags):
+            raise ActionError("use either --iterations (a budget laid out over every phase) or the per-phase "
+                              "--warmup/--joint/--pretrain/--finetune-iterations, not both")
+        if args.iterations < 1:
+            raise ActionError(f"--iterations must be at least 1, got {args.iterations}")
+        overrides["budget_iterations"] = args.iterations
     if args.pretrain_iterations is not None:
         overrides["pretrain_warmup_iterations"] = args.pretrain_iterations // 2
         overrides["pretrain_joint_iterations"] = args.pretrain_iterations - args.pretrain_iterations // 2

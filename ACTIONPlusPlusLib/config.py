@@ -54,10 +54,19 @@ class Config:
     poly_power: float = 0.9
     finetune_nesterov: bool = True
     ema_decay: float = 0.99
+    # D13: the teacher runs in train() mode (BatchNorm batch statistics).  teacher_dropout=False switches
+    # only its dropout layers off, so that pseudo-labels and targets are the teacher's prediction rather
+    # than one noisy draw of it (the U-Net drops up to 50 % of the bottleneck); True is the authors' code.
+    teacher_dropout: bool = False
     # fine-tuning teacher: decay min(ema_decay, 1 - 1/(t + 1)) at fine-tuning iteration t (mean teacher's
     # warm-up: a true average of the student early on instead of a copy that lags 100 iterations behind
     # the reset point); False keeps ema_decay from the first iteration (spec 4)
     ema_warmup: bool = True
+    # the fine-tuning teacher's averaging horizon is at most this fraction of the fine-tuning phase:
+    # decay <= 1 - 1 / (1 + fraction * iterations).  The paper's 0.99 (a ~100-iteration horizon) is 0.5 %
+    # of its 20K iterations and stays exact there; in a 400-iteration run it would make the teacher lag a
+    # quarter of the run behind the student.  0 disables (ema_decay throughout).
+    ema_horizon_fraction: float = 0.05
     grad_clip: float = 0.0  # 0 disables; not in the paper
 
     # --- networks and heads (spec 3) -------------------------------------------------------------
@@ -100,6 +109,10 @@ class Config:
     saacl_queue_size: int = 12288
     centroid_momentum: float = 0.1  # eta of Eq. 4
     mix: str = "cutmix"  # "cutmix" | "classmix" | "none"
+    # whose image fills the rest of the strong view: "labeled" pastes a labeled image and its ground truth
+    # (bidirectional copy-paste, Bai et al. CVPR 2023: labeled pixels seen in unlabeled context, supervised
+    # even while the teacher is still unreliable); "unlabeled" mixes two unlabeled images (spec 6.1)
+    mix_partner: str = "labeled"
     # pseudo-label loss (issue 9): "pixel" = CE on the pixels whose teacher confidence passes their
     # class's threshold, over all pixels; "image" = spec 6.3 (per-image weight, no pixel mask)
     pseudo_loss: str = "pixel"
@@ -108,10 +121,17 @@ class Config:
     # still unsure of keeps pseudo-labels), floored at pseudo_threshold_floor; "fixed": one threshold
     pseudo_threshold_mode: str = "classwise"
     pseudo_threshold_floor: float = 0.7
-    # distribution alignment: rescale the teacher's probabilities by (labeled class prior / EMA of the
-    # teacher's class prior on unlabeled images) so that minority classes keep their share
+    # distribution alignment: per-class offsets on the teacher's log-probabilities, adapted each step
+    # (rate alignment_rate, bounded by alignment_max_offset) so that the class shares among the
+    # pseudo-labels follow those of the labeled pixels: minority classes keep their share
     pseudo_distribution_alignment: bool = True
+    alignment_rate: float = 0.05
+    alignment_max_offset: float = 5.0
     class_stats_momentum: float = 0.99  # EMA of the class priors and confidences above
+    # scale the pseudo-label and AnCo terms by the teacher's foreground Dice on the labeled batch (EMA
+    # with reliability_momentum): an unreliable teacher does not teach
+    reliability_gate: bool = True
+    reliability_momentum: float = 0.9
     # sigmoid ramp-up (exp(-5 (1 - t/R)^2)) of the unsupervised and contrastive weights over this
     # fraction of the fine-tuning phase; 0 disables (the spec's full weight from the first iteration)
     rampup_fraction: float = 0.3
@@ -202,6 +222,8 @@ class Config:
             raise ValueError(f"normalization must be 'minmax' or 'zscore', got {self.normalization!r}")
         if self.mode not in ("actionpp", "supervised"):
             raise ValueError(f"mode must be 'actionpp' or 'supervised', got {self.mode!r}")
+        if self.mix_partner not in ("labeled", "unlabeled"):
+            raise ValueError(f"mix_partner must be 'labeled' or 'unlabeled', got {self.mix_partner!r}")
         if self.pseudo_loss not in ("pixel", "image"):
             raise ValueError(f"pseudo_loss must be 'pixel' or 'image', got {self.pseudo_loss!r}")
         if self.pseudo_threshold_mode not in ("classwise", "fixed"):

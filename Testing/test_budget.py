@@ -87,8 +87,10 @@ def test_rampup_and_teacher_decay_of_the_trainer(tmp_path) -> None:
     assert trainer.rampup(fine, 0) == pytest.approx(math.exp(-5))
     assert trainer.rampup(fine, 60) == 1.0  # 0.3 of 200
     assert trainer.ema_decay(fine, 0) == 0.5 and trainer.ema_decay(fine, 8) == pytest.approx(0.9)
-    assert trainer.ema_decay(fine, 150) == cfg.ema_decay
+    # the horizon is 5 % of the phase: 10 iterations of 200 (decay 1 - 1/11), the paper's 0.99 at 20K
+    assert trainer.ema_decay(fine, 150) == pytest.approx(1 - 1 / 11)
+    assert trainer.ema_decay(Phase("finetune", "finetune", 20000), 5000) == cfg.ema_decay
     assert trainer.ema_decay(Phase("joint", "pretrain", 10), 0) == cfg.ema_decay  # pre-training: spec 4
-    flat = Trainer(cfg.replace(rampup_fraction=0.0, ema_warmup=False), [Case("l", img, np.zeros((1, 32, 32), np.uint8))],
+    flat = Trainer(cfg.replace(rampup_fraction=0.0, ema_warmup=False, ema_horizon_fraction=0.0), [Case("l", img, np.zeros((1, 32, 32), np.uint8))],
                    [Case("u", img)], tmp_path)
     assert flat.rampup(fine, 0) == 1.0 and flat.ema_decay(fine, 0) == cfg.ema_decay

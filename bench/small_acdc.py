@@ -48,6 +48,25 @@ def _other_weights_dice(run_dir: Path, cfg, val) -> tuple[str, float]:
     return other, evaluate_cases(model, cfg, val).summary["mean"]["dice"]
 
 
+def progress_printer(name: str):
+    """A training callback that prints one line every 100 iterations (stage, loss, s/it, pseudo-labels)."""
+    def callback(event: dict) -> None:
+        if event.get("event") == "warning":
+            print(f"  [{name}] warning: {event['message']}", file=sys.stderr, flush=True)
+        if event.get("event") != "progress" or event["overall_iteration"] % 100:
+            return
+        line = (f"  [{name}] {event['phase']} {event['overall_iteration']}/{event['overall_total']} "
+                f"loss {event['loss']:.3f} {event['seconds_per_iteration']:.2f} s/it")
+        pl = event.get("pseudo_labels")
+        if pl:
+            line += (" | pseudo " + " ".join(f"{k}:{100 * v:.1f}" for k, v in pl["pseudo_fraction"].items())
+                     + " | labeled " + " ".join(f"{k}:{100 * v:.1f}" for k, v in pl["labeled_fraction"].items())
+                     + f" | mask {100 * pl['mask_fraction']:.0f}%"
+                     + (f" | teacher Dice {100 * pl['teacher_dice']:.0f}" if "teacher_dice" in pl else ""))
+        print(line, file=sys.stderr, flush=True)
+    return callback
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "ACDC")
@@ -60,6 +79,7 @@ def main() -> int:
     parser.add_argument("--seeds", default=None, help="comma-separated seeds (overrides --seed)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="config override for the ACTION++ arm (ablations)")
+    parser.add_argument("--arms", default="actionpp,supervised", help="which arms to run (ablations: actionpp)")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "small_acdc")
     args = parser.parse_args()
     if not args.data.is_dir():
@@ -80,10 +100,13 @@ def main() -> int:
     results: dict[str, list[float]] = {"ACTION++": [], "supervised-only": []}
     for seed in seeds:
         for name, mode in (("ACTION++", "actionpp"), ("supervised-only", "supervised")):
+            if mode not in args.arms.split(","):
+                continue
             run_cfg = base.replace(mode=mode, seed=seed, **(overrides if mode == "actionpp" else {}))
             run_dir = args.out / f"seed{seed}" / mode
             started = time.perf_counter()
-            result = train(run_cfg, train_set.labeled, train_set.unlabeled if mode == "actionpp" else [], run_dir)
+            result = train(run_cfg, train_set.labeled, train_set.unlabeled if mode == "actionpp" else [], run_dir,
+                           callback=progress_printer(name))
             seconds = time.perf_counter() - started
             model, model_cfg = load_model(result.model_path)
             evaluation = evaluate_cases(model, model_cfg, val)
@@ -96,9 +119,15 @@ def main() -> int:
                 print(f"  (ACTION++ {other} weights, not exported: mean Dice {100 * dice:.2f}; exported: "
                       f"{run_cfg.export_weights})", flush=True)
             print(flush=True)
-        print(f"seed {seed}: ACTION++ {100 * results['ACTION++'][-1]:.2f}, supervised-only "
-              f"{100 * results['supervised-only'][-1]:.2f} "
-              f"({100 * (results['ACTION++'][-1] - results['supervised-only'][-1]):+.2f} points)\n", flush=True)
+        if all(results[k] for k in results):
+            print(f"seed {seed}: ACTION++ {100 * results['ACTION++'][-1]:.2f}, supervised-only "
+                  f"{100 * results['supervised-only'][-1]:.2f} "
+                  f"({100 * (results['ACTION++'][-1] - results['supervised-only'][-1]):+.2f} points)\n", flush=True)
+    results = {k: v for k, v in results.items() if v}
+    if len(results) < 2:
+        for name, values in results.items():
+            print(f"mean Dice: {name} {100 * statistics.mean(values):.2f} (" + ", ".join(f"{100 * v:.2f}" for v in values) + ")")
+        return 0
     if len(seeds) > 1:
         for name, values in results.items():
             print(f"{name}: mean {100 * statistics.mean(values):.2f} over seeds "

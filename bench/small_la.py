@@ -22,6 +22,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
 
 from ACTIONPlusPlusLib.config import preset  # noqa: E402
 from ACTIONPlusPlusLib.data import load_dataset  # noqa: E402
@@ -30,6 +31,7 @@ from ACTIONPlusPlusLib.evaluation import evaluate_cases  # noqa: E402
 from ACTIONPlusPlusLib.metrics import format_table  # noqa: E402
 from ACTIONPlusPlusLib.model_io import load_model  # noqa: E402
 from ACTIONPlusPlusLib.training import train  # noqa: E402
+from small_acdc import progress_printer  # noqa: E402
 
 
 def main() -> int:
@@ -72,7 +74,8 @@ def main() -> int:
         for name, mode in (("ACTION++", "actionpp"), ("supervised-only", "supervised")):
             run_cfg = base.replace(mode=mode, seed=seed, **(overrides if mode == "actionpp" else {}))
             started = time.perf_counter()
-            result = train(run_cfg, labeled, unlabeled if mode == "actionpp" else [], args.out / f"seed{seed}" / mode)
+            result = train(run_cfg, labeled, unlabeled if mode == "actionpp" else [], args.out / f"seed{seed}" / mode,
+                           callback=progress_printer(name))
             seconds = time.perf_counter() - started
             model, model_cfg = load_model(result.model_path)
             evaluation = evaluate_cases(model, model_cfg, test)

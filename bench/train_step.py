@@ -5,7 +5,10 @@
     .venv/bin/python bench/train_step.py --device cuda --shape both
 
 Random data of the right shapes; the numbers measure the full step (sampling, augmentation, forward,
-losses, backward, SGD, EMA, queue updates), with the loop's one host sync per logged window.
+losses, backward, SGD, EMA, queue updates), with the loop's one host sync per logged window.  Each stage
+is printed next to a supervised-only step (the baseline's) at the same per-arm labeled batch and shape,
+and the ratio of the two (the supervised step is scaled linearly when the stage's labeled batch differs,
+e.g. LA pre-training 1+1 against the 2-image supervised step).
 """
 
 from __future__ import annotations
@@ -51,31 +54,48 @@ def _cases(cfg, n: int, labeled: bool, rng: np.random.Generator) -> list[Case]:
     return out
 
 
-def bench(name: str, shape: str, device: torch.device, iters: int, warm: int) -> list[str]:
+def _time_phase(name: str, shape: str, device: torch.device, iters: int, warm: int, phase: str) -> tuple[float, str, object]:
     overrides = dict(REDUCED[name]) if shape == "reduced" else {}
-    lines = []
-    for phase in ("warmup", "joint", "finetune"):
-        counts = {"pretrain_warmup_iterations": 0, "pretrain_joint_iterations": 0, "finetune_iterations": 0}
+    counts = {"pretrain_warmup_iterations": 0, "pretrain_joint_iterations": 0, "finetune_iterations": 0}
+    if phase == "supervised":
+        counts["finetune_iterations"] = warm + iters
+        overrides["mode"] = "supervised"
+    else:
         key = {"warmup": "pretrain_warmup_iterations", "joint": "pretrain_joint_iterations", "finetune": "finetune_iterations"}[phase]
         counts[key] = warm + iters
-        cfg = preset(name, **overrides, **counts, log_every=1, checkpoint_every=10**9, device=str(device))
-        rng = np.random.default_rng(0)
-        stamps: list[float] = []
-        with tempfile.TemporaryDirectory() as tmp:
-            trainer = Trainer(cfg, _cases(cfg, 4, True, rng), _cases(cfg, 8, False, rng), Path(tmp),
-                              callback=lambda e: stamps.append(time.perf_counter()) if e["event"] == "progress" else None)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-                torch.cuda.reset_peak_memory_stats(device)
-            trainer.run()
-        seconds = (stamps[-1] - stamps[warm - 1]) / iters
+    cfg = preset(name, **overrides, **counts, log_every=1, checkpoint_every=10**9, device=str(device))
+    rng = np.random.default_rng(0)
+    stamps: list[float] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(cfg, _cases(cfg, 4, True, rng), _cases(cfg, 8, False, rng), Path(tmp),
+                          callback=lambda e: stamps.append(time.perf_counter()) if e["event"] == "progress" else None)
         if device.type == "cuda":
-            mem = f"peak GPU memory {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB"
-        else:
-            mem = f"peak process RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB"
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats(device)
+        trainer.run()
+    seconds = (stamps[-1] - stamps[warm - 1]) / iters
+    if device.type == "cuda":
+        mem = f"peak GPU memory {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB"
+    else:
+        mem = f"peak process RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB"
+    return seconds, mem, cfg
+
+
+def bench(name: str, shape: str, device: torch.device, iters: int, warm: int) -> list[str]:
+    """Each stage's step next to a supervised step at the same per-arm batch and shape, and the ratio."""
+    lines = []
+    sup_seconds, _, _ = _time_phase(name, shape, device, iters, warm, "supervised")
+    for phase in ("warmup", "joint", "finetune", "supervised"):
+        seconds, mem, cfg = (_time_phase(name, shape, device, iters, warm, phase) if phase != "supervised"
+                             else (sup_seconds, "", None))
+        if cfg is None:
+            continue
+        per_arm = cfg.finetune_labeled_batch if phase == "finetune" else cfg.pretrain_labeled_batch
         batch = f"{cfg.pretrain_labeled_batch}+{cfg.pretrain_unlabeled_batch}" if phase != "finetune" else f"{cfg.finetune_labeled_batch}+{cfg.finetune_unlabeled_batch}"
+        ref = sup_seconds * (per_arm / cfg.finetune_labeled_batch)  # the supervised step at this per-arm batch
         lines.append(f"{name:4s} {shape:7s} patch {'x'.join(map(str, cfg.patch_size)):10s} batch {batch:4s} {phase:8s} "
-                     f"{1 / seconds:7.2f} it/s ({seconds * 1000:8.1f} ms/it)  {mem}")
+                     f"{1 / seconds:7.2f} it/s ({seconds * 1000:8.1f} ms/it)  supervised step {ref * 1000:7.1f} ms "
+                     f"-> ratio {seconds / ref:5.2f}  {mem}")
         print(lines[-1], flush=True)
     return lines
 

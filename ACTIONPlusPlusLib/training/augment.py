@@ -149,3 +149,22 @@ def mix(image: torch.Tensor, pseudo: torch.Tensor, conf: torch.Tensor, masks: to
     pseudo = torch.where(masks.bool(), pseudo, pseudo[partner])
     conf = conf * masks + conf[partner] * (1 - masks)
     return image, pseudo, conf
+
+
+def mix_pair(image: torch.Tensor, labels: torch.Tensor, conf: torch.Tensor, partner_image: torch.Tensor,
+             partner_labels: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Copy-paste between two batches (bidirectional copy-paste, BCP): ``x * M + partner * (1 - M)``.
+
+    ``image`` (N, 1, *S) unlabeled with teacher ``labels``/``conf`` (N, *S); ``partner_*`` labeled
+    images and ground truth (at least N of them are cycled through).  Returns the mixed images, labels,
+    confidences (1 on the partner's pixels: ground truth) and a bool map of the pixels that came from
+    the partner.
+    """
+    n = image.shape[0]
+    index = torch.arange(n, device=image.device) % partner_image.shape[0]
+    m_img = masks[:, None]
+    mixed = image * m_img + partner_image[index] * (1 - m_img)
+    from_partner = ~masks.bool()
+    mixed_labels = torch.where(from_partner, partner_labels[index], labels)
+    mixed_conf = torch.where(from_partner, torch.ones_like(conf), conf)
+    return mixed, mixed_labels, mixed_conf, from_partner

@@ -34,9 +34,10 @@ class FinetuneHeads(nn.Module):
     """Representation heads, SAACL state and the running class statistics of the pseudo-labels.
 
     Buffers (in the checkpoint): ``labeled_prior`` (C,) EMA of the labeled batches' class fractions,
-    ``teacher_prior`` (C,) EMA of the teacher's mean class probability on unlabeled images,
+    ``teacher_prior`` (C,) EMA of the class shares among the teacher's (aligned) pseudo-labels,
     ``class_confidence`` (C,) EMA of the mean (aligned) teacher confidence of the pixels given to each
-    class, ``stats_ready`` whether the EMAs have been initialised from a first batch.
+    class, ``logit_offset`` (C,) the alignment offsets, ``teacher_reliability`` () EMA of the teacher's
+    foreground Dice on labeled batches, ``stats_ready`` whether the EMAs have been initialised.
     """
 
     def __init__(self, cfg, feature_channels: list[int]) -> None:
@@ -51,6 +52,8 @@ class FinetuneHeads(nn.Module):
         self.register_buffer("labeled_prior", torch.full((c,), 1.0 / c))
         self.register_buffer("teacher_prior", torch.full((c,), 1.0 / c))
         self.register_buffer("class_confidence", torch.ones(c))
+        self.register_buffer("logit_offset", torch.zeros(c))
+        self.register_buffer("teacher_reliability", torch.zeros(()))
         self.register_buffer("stats_ready", torch.zeros((), dtype=torch.bool))
 
     @torch.no_grad()
@@ -65,26 +68,33 @@ class FinetuneHeads(nn.Module):
     def pseudo_labels(self, cfg, prob_t: Tensor, y_l: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Class-aware pseudo-labels from the teacher's probabilities ``prob_t`` (B, C, *S).
 
-        Returns ``(pseudo, conf, thresholds)``: argmax and max of the (aligned) probabilities and the
-        per-class confidence thresholds (C,).  Updates the running statistics (no host sync).
+        Distribution alignment (``pseudo_distribution_alignment``): the teacher's log-probabilities get
+        per-class offsets, adapted every step so that the share of each class among the pseudo-labels
+        follows its share among the labeled pixels (a class the teacher under-predicts gets its most
+        likely pixels back instead of vanishing into the background).  Returns ``(pseudo, conf,
+        thresholds)``: argmax and max of the aligned probabilities and the per-class confidence
+        thresholds (C,).  Updates the running statistics (no host sync).
         """
         c = prob_t.shape[1]
         m = float(cfg.class_stats_momentum)
         dims = [0] + list(range(2, prob_t.dim()))
-        labeled_frac = one_hot(y_l, c).mean(dim=dims)
-        labeled_frac = all_gather_cat(labeled_frac.unsqueeze(0)).mean(dim=0)
-        teacher_frac = all_gather_cat(prob_t.float().mean(dim=dims).unsqueeze(0)).mean(dim=0)
+        labeled_frac = all_gather_cat(one_hot(y_l, c).mean(dim=dims).unsqueeze(0)).mean(dim=0)
         self._ema_(self.labeled_prior, labeled_frac, m)
-        self._ema_(self.teacher_prior, teacher_frac, m)
         prob = prob_t.float()
         if cfg.pseudo_distribution_alignment:
-            ratio = self.labeled_prior.clamp_min(1e-6) / self.teacher_prior.clamp_min(1e-6)
-            prob = prob * ratio.view(1, c, *([1] * (prob.dim() - 2)))
-            prob = prob / prob.sum(dim=1, keepdim=True).clamp_min(1e-12)
+            shape = (1, c, *([1] * (prob.dim() - 2)))
+            prob = torch.softmax(torch.log(prob.clamp_min(1e-12)) + self.logit_offset.view(shape), dim=1)
         conf, pseudo = prob.max(dim=1)
         member = one_hot(pseudo, c)
         sums = torch.stack([(member * conf.unsqueeze(1)).sum(dim=dims), member.sum(dim=dims)])  # (2, C)
         sums = all_gather_cat(sums.unsqueeze(0)).sum(dim=0)
+        pseudo_frac = sums[1] / sums[1].sum().clamp_min(1.0)
+        self._ema_(self.teacher_prior, pseudo_frac, m)
+        if cfg.pseudo_distribution_alignment:  # move the offsets towards matching shares (next step)
+            step = float(cfg.alignment_rate) * (torch.log(self.labeled_prior.clamp_min(1e-4))
+                                                - torch.log(pseudo_frac.clamp_min(1e-4)))
+            self.logit_offset.add_(step).clamp_(-float(cfg.alignment_max_offset), float(cfg.alignment_max_offset))
+            self.logit_offset.sub_(self.logit_offset.mean())
         mean_conf = torch.where(sums[1] > 0, sums[0] / sums[1].clamp_min(1.0), self.class_confidence)
         self._ema_(self.class_confidence, mean_conf, m)
         self.stats_ready.fill_(True)
@@ -95,6 +105,28 @@ class FinetuneHeads(nn.Module):
         else:
             thresholds = torch.full((c,), base, device=prob.device)
         return pseudo, conf, thresholds
+
+    @torch.no_grad()
+    @fp32_loss
+    def update_reliability(self, cfg, logits_tl: Tensor, y_l: Tensor) -> Tensor:
+        """EMA of the teacher's mean foreground Dice on the labeled batch; returns the current value.
+
+        The labeled images go through the teacher anyway (for SAACL's features), so how well the teacher
+        segments them is known at no cost.  The unsupervised terms are scaled by it: a teacher that
+        cannot yet segment the labeled images does not get to teach the unlabeled ones.
+        """
+        c = logits_tl.shape[1]
+        dims = [0] + list(range(2, logits_tl.dim()))
+        pred = one_hot(logits_tl.argmax(dim=1), c)
+        truth = one_hot(y_l, c)
+        stats = torch.stack([(pred * truth).sum(dim=dims), pred.sum(dim=dims) + truth.sum(dim=dims),
+                             truth.sum(dim=dims)])
+        stats = all_gather_cat(stats.unsqueeze(0)).sum(dim=0)
+        dice = 2.0 * stats[0] / stats[1].clamp_min(1.0)
+        present = stats[2, 1:] > 0
+        value = torch.where(present, dice[1:], torch.zeros_like(dice[1:])).sum() / present.sum().clamp_min(1)
+        self._ema_(self.teacher_reliability, value, float(cfg.reliability_momentum))
+        return self.teacher_reliability.clone()
 
 
 def _split(x: Tensor, n: int) -> tuple[Tensor, Tensor]:
@@ -135,14 +167,16 @@ class FinetuneStep:
         with torch.no_grad(), autocast():  # teacher: pseudo-labels on the weak view, features on x_l
             if cfg.fused_forward:
                 out_t = self.teacher(torch.cat([x_l, x_u]))
-                logits_tu = out_t.logits[n_l:]
+                logits_tl, logits_tu = _split(out_t.logits, n_l)
                 feat_tl = [f[:n_l] for f in out_t.features]
             else:
                 logits_tu = self.teacher(x_u).logits
-                feat_tl = self.teacher(x_l).features
+                out_tl = self.teacher(x_l)
+                logits_tl, feat_tl = out_tl.logits, out_tl.features
             prob_t = torch.softmax(logits_tu.float(), dim=1)
             rep_t = None if sparse else heads.k_rep(feat_tl).float()
         pseudo, conf, thresholds = heads.pseudo_labels(cfg, prob_t, y_l)
+        gate = heads.update_reliability(cfg, logits_tl.float(), y_l) if cfg.reliability_gate else None
 
         if cfg.mix == "cutmix":
             masks = augment.cutmix_masks(len(x_u), tuple(x_u.shape[2:]), dev_gen, x_u.device)
@@ -151,11 +185,16 @@ class FinetuneStep:
         else:
             masks = None
         x_s = x_u
+        from_labeled = torch.zeros_like(pseudo, dtype=torch.bool)
         if masks is not None:
-            x_s, pseudo, conf = augment.mix(x_u, pseudo, conf, masks)
+            if cfg.mix_partner == "labeled":
+                x_s, pseudo, conf, from_labeled = augment.mix_pair(x_u, pseudo, conf, x_l, y_l, masks)
+            else:
+                x_s, pseudo, conf = augment.mix(x_u, pseudo, conf, masks)
         if cfg.intensity_augmentation:
             x_s = augment.gaussian_blur(augment.jitter(x_s, cfg.strong_jitter_strength, dev_gen), dev_gen)
-        pixel_mask = conf >= thresholds[pseudo]
+        teacher_mask = (conf >= thresholds[pseudo]) & ~from_labeled  # pixels labeled by the teacher
+        pixel_mask = teacher_mask | from_labeled
 
         with autocast():
             if cfg.fused_forward:
@@ -175,9 +214,12 @@ class FinetuneStep:
 
         losses = {"sup": supervised_loss(logits_l, y_l)}
         if cfg.pseudo_loss == "pixel":
-            losses["unsup"] = masked_pseudo_label_loss(logits_u, pseudo, pixel_mask)
+            losses["unsup"] = masked_pseudo_label_loss(logits_u, pseudo, teacher_mask)
+            # the pasted labeled pixels: ground truth in an unlabeled context, never gated
+            losses["pasted"] = masked_pseudo_label_loss(logits_u, pseudo, from_labeled)
         else:
             losses["unsup"] = pseudo_label_loss(logits_u, pseudo, conf, cfg.strong_threshold)
+            losses["pasted"] = torch.zeros_like(losses["sup"])
         prob = torch.softmax(logits, 1).detach()
         valid = torch.cat([torch.ones_like(y_l, dtype=torch.bool), conf >= cfg.weak_threshold])
         losses["anco"] = anco_loss(rep, torch.cat([y_l, pseudo]), valid, prob, tau,
@@ -193,15 +235,19 @@ class FinetuneStep:
             s_rows = gather_pixels(rep[:n_l], idx)
             t_rows = gather_pixels(rep_t, idx)
         losses["saacl"] = heads.saacl.rows_loss(s_rows, t_rows, y_a, w_a, tau)
-        total = (cfg.weight_sup * losses["sup"]
-                 + ramp * (cfg.weight_unsup * losses["unsup"] + cfg.weight_anco * losses["anco"]
-                           + cfg.weight_saacl * losses["saacl"]))
+        unlabeled_terms = cfg.weight_unsup * losses["unsup"] + cfg.weight_anco * losses["anco"]
+        if gate is not None:  # pseudo-labels are only as good as the teacher (see update_reliability)
+            unlabeled_terms = gate * unlabeled_terms
+        total = (cfg.weight_sup * (losses["sup"] + losses["pasted"])
+                 + ramp * (unlabeled_terms + cfg.weight_saacl * losses["saacl"]))
         with torch.no_grad():
             diagnostics = {
                 "labeled_fraction": _class_fractions(y_l, torch.ones_like(y_l), cfg.num_classes),
-                "pseudo_fraction": _class_fractions(pseudo, pixel_mask, cfg.num_classes),
-                "mask_fraction": pixel_mask.float().mean(),
+                "pseudo_fraction": _class_fractions(pseudo, teacher_mask, cfg.num_classes),
+                "mask_fraction": teacher_mask.float().sum() / (~from_labeled).float().sum().clamp_min(1.0),
             }
+            if gate is not None:
+                diagnostics["teacher_dice"] = gate
         return total, losses, diagnostics
 
 

@@ -137,9 +137,13 @@ class Trainer:
 
     def ema_decay(self, phase: Phase, t: int) -> float:
         """Teacher EMA decay after iteration ``t`` (0-based) of ``phase`` (see ``Config.ema_warmup``)."""
-        if phase.name == "finetune" and self.cfg.ema_warmup:
-            return min(self.cfg.ema_decay, 1.0 - 1.0 / (t + 2.0))
-        return self.cfg.ema_decay
+        decay = self.cfg.ema_decay
+        if phase.name == "finetune":
+            if self.cfg.ema_horizon_fraction > 0:
+                decay = min(decay, 1.0 - 1.0 / (1.0 + self.cfg.ema_horizon_fraction * phase.iterations))
+            if self.cfg.ema_warmup:
+                decay = min(decay, 1.0 - 1.0 / (t + 2.0))
+        return decay
 
     def rampup(self, phase: Phase, t: int) -> float:
         """Weight of the unsupervised and contrastive terms at fine-tuning iteration ``t`` (0-based)."""
@@ -154,7 +158,7 @@ class Trainer:
         out: dict[str, Any] = {}
         pos = 0
         for key in keys:
-            if key == "mask_fraction":
+            if key in ("mask_fraction", "teacher_dice"):
                 out[key] = values[pos]
                 pos += 1
             else:
@@ -258,7 +262,11 @@ class Trainer:
         fine = FinetuneStep(cfg, self.train_student, self.teacher, self.ft)
         sup = SupervisedStep(cfg, self.train_student)
         self.student.train()
-        self.teacher.train()  # D13: teacher in train() mode (dropout, batch statistics)
+        self.teacher.train()  # D13: teacher in train() mode (batch statistics) ...
+        if not cfg.teacher_dropout:  # ... with its dropout off unless asked for (Config.teacher_dropout)
+            for module in self.teacher.modules():
+                if isinstance(module, nn.modules.dropout._DropoutNd):
+                    module.eval()
         while self.phase_index < len(self.phases):
             phase = self.phases[self.phase_index]
             if phase.iterations == 0:

@@ -1,0 +1,83 @@
+"""Class-aware pseudo-labels (issue 9): distribution alignment, per-class thresholds, the pixel mask,
+the teacher-reliability gate, on constructed probability maps where a minority class must survive."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ACTIONPlusPlusLib.config import preset
+from ACTIONPlusPlusLib.losses.unsupervised import masked_pseudo_label_loss
+from ACTIONPlusPlusLib.training.finetune import FinetuneHeads
+
+
+def _heads(cfg) -> FinetuneHeads:
+    return FinetuneHeads(cfg, [8, 4])
+
+
+def _maps(minority_prob: float = 0.3):
+    """Labels with 10 % class 1 and 2 % class 2; a teacher that gives the minority class (2) only
+    ``minority_prob`` on its own pixels (background wins the argmax there)."""
+    y = torch.zeros(2, 10, 10, dtype=torch.long)
+    y[:, :1, :] = 1  # 10 %
+    y[:, 9, :2] = 2  # 2 %
+    prob = torch.zeros(2, 3, 10, 10)
+    prob[:, 0] = 0.98
+    prob[:, 1] = 0.01
+    prob[:, 2] = 0.01
+    prob[:, :, :1, :] = torch.tensor([0.02, 0.97, 0.01]).view(1, 3, 1, 1)
+    prob[:, :, 9, :2] = torch.tensor([1 - minority_prob - 0.01, 0.01, minority_prob]).view(1, 3, 1)
+    return prob, y
+
+
+def test_alignment_brings_back_a_class_the_teacher_under_predicts() -> None:
+    cfg = preset("acdc", num_classes=3, class_names=["bg", "a", "b"])
+    prob, y = _maps(minority_prob=0.04)  # confidently wrong: 0.95 background on the minority pixels
+    off = cfg.replace(pseudo_distribution_alignment=False)
+    pseudo, conf, thresholds = _heads(off).pseudo_labels(off, prob, y)
+    mask = conf >= thresholds[pseudo]
+    assert (pseudo == 2).sum() == 0 and mask[y == 2].all()  # without alignment: taught "background"
+    heads = _heads(cfg)
+    for _ in range(80):
+        pseudo, conf, thresholds = heads.pseudo_labels(cfg, prob, y)
+    assert torch.equal(pseudo, y)  # exactly the minority pixels come back, no others
+    assert heads.logit_offset[2] > heads.logit_offset[0]
+    mask = conf >= thresholds[pseudo]
+    assert not (mask & (pseudo == 0))[y == 2].any()  # never taught "background" any more
+    # class-wise thresholds: less confident classes get a lower threshold, within [floor, base]
+    assert thresholds[2] < thresholds[0] <= cfg.pseudo_threshold
+    assert thresholds.min() >= cfg.pseudo_threshold_floor - 1e-6
+
+
+def test_fixed_threshold_mode_uses_one_threshold() -> None:
+    cfg = preset("acdc", num_classes=3, class_names=["bg", "a", "b"], pseudo_threshold_mode="fixed")
+    prob, y = _maps()
+    _, _, thresholds = _heads(cfg).pseudo_labels(cfg, prob, y)
+    assert torch.allclose(thresholds, torch.full((3,), cfg.pseudo_threshold))
+
+
+def test_masked_pseudo_label_loss_counts_only_masked_pixels_over_all_pixels() -> None:
+    logits = torch.randn(2, 3, 4, 4, requires_grad=True)
+    pseudo = torch.randint(0, 3, (2, 4, 4))
+    mask = torch.zeros(2, 4, 4, dtype=torch.bool)
+    mask[0, :2] = True
+    ce = torch.nn.functional.cross_entropy(logits, pseudo, reduction="none")
+    expected = ce[mask].sum() / 32
+    assert masked_pseudo_label_loss(logits, pseudo, mask).item() == pytest.approx(expected.item(), rel=1e-6)
+    assert masked_pseudo_label_loss(logits, pseudo, torch.zeros_like(mask)).item() == 0.0
+    (grad,) = torch.autograd.grad(masked_pseudo_label_loss(logits, pseudo, mask), logits)
+    assert grad[1].abs().sum() == 0 and grad[0, :, :2].abs().sum() > 0
+
+
+def test_reliability_is_the_teachers_foreground_dice_on_labeled_images() -> None:
+    cfg = preset("acdc", num_classes=3, class_names=["bg", "a", "b"], reliability_momentum=0.0)
+    heads = _heads(cfg)
+    _, y = _maps()
+    perfect = torch.nn.functional.one_hot(y, 3).permute(0, 3, 1, 2).float() * 10
+    assert heads.update_reliability(cfg, perfect, y).item() == pytest.approx(1.0)
+    background_only = torch.zeros(2, 3, 10, 10)
+    background_only[:, 0] = 10
+    assert heads.update_reliability(cfg, background_only, y).item() == 0.0
+    half = perfect.clone()
+    half[:, :, 9, :2] = torch.tensor([10.0, 0, 0]).view(1, 3, 1)  # misses class 2 entirely
+    assert heads.update_reliability(cfg, half, y).item() == pytest.approx(0.5)
