@@ -14,20 +14,29 @@ from ACTIONPlusPlusLib.schedules import ats_temperature, poly_lr, sigmoid_rampup
 from ACTIONPlusPlusLib.training.loop import Phase, Trainer, phases_for
 
 
-@pytest.mark.parametrize("name, budget, expected", [
-    ("acdc", 30000, (5000, 5000, 20000)),  # the paper's ACDC protocol exactly
-    ("la", 20000, (2500, 2500, 15000)),  # the paper's LA protocol exactly
-    ("acdc", 600, (100, 100, 400)),
-    ("acdc", 2000, (333, 333, 1334)),
-    ("la", 400, (50, 50, 300)),
+@pytest.mark.parametrize("name, budget, full, expected", [
+    ("acdc", 30000, 30000, (5000, 5000, 20000)),  # the paper's ACDC protocol exactly
+    ("la", 20000, 20000, (2500, 2500, 15000)),  # the paper's LA protocol exactly
+    ("acdc", 10000, 30000, (556, 556, 8888)),  # pre-training shrinks in proportion below the paper's total
+    ("acdc", 5000, 30000, (139, 139, 4722)),
+    ("acdc", 600, 0, (100, 100, 400)),  # budget_pretrain_full=0: the paper's proportions at any budget
+    ("acdc", 2000, 0, (333, 333, 1334)),
+    ("la", 400, 0, (50, 50, 300)),
 ])
-def test_budget_lays_out_the_paper_proportions(name: str, budget: int, expected: tuple[int, int, int]) -> None:
-    cfg = preset(name, budget_iterations=budget)
+def test_budget_lays_out_the_phases(name: str, budget: int, full: int, expected: tuple[int, int, int]) -> None:
+    cfg = preset(name, budget_iterations=budget, budget_pretrain_full=full)
     lengths = cfg.phase_lengths()
     assert (lengths.warmup, lengths.joint, lengths.finetune) == expected
     assert cfg.total_iterations == budget and lengths.notes == []
     assert [p.iterations for p in phases_for(cfg)] == list(expected)
     assert [p.iterations for p in phases_for(cfg.replace(mode="supervised"))] == [budget]
+
+
+@pytest.mark.parametrize("name, budget", [("acdc", 600), ("acdc", 2000), ("la", 400)])
+def test_short_budgets_fine_tune_only_and_say_so(name: str, budget: int) -> None:
+    lengths = preset(name, budget_iterations=budget).phase_lengths()
+    assert (lengths.warmup, lengths.joint, lengths.finetune) == (0, 0, budget)
+    assert len(lengths.notes) == 2 and all(f"budget of {budget}" in n for n in lengths.notes)
 
 
 def test_budget_zero_keeps_the_explicit_paper_schedule() -> None:
@@ -78,7 +87,7 @@ def test_schedules_follow_the_phase_lengths(budget: int) -> None:
 
 
 def test_rampup_and_teacher_decay_of_the_trainer(tmp_path) -> None:
-    cfg = preset("acdc", patch_size=[32, 32], base_channels=4, budget_iterations=300, local_window=16,
+    cfg = preset("acdc", patch_size=[32, 32], base_channels=4, budget_iterations=300, budget_pretrain_full=0, local_window=16,
                  local_stride=8, local_pool=4, device="cpu")
     img = np.zeros((1, 32, 32), np.float32)
     trainer = Trainer(cfg, [Case("l", img, np.zeros((1, 32, 32), np.uint8))], [Case("u", img)], tmp_path)
