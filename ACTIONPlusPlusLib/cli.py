@@ -70,6 +70,19 @@ def build_config(preset_name: str, args: argparse.Namespace):
     return preset(preset_name, **overrides)
 
 
+def pseudo_label_summary(report: dict[str, Any] | None) -> str:
+    """`` pseudo RV 1.2/1.4 Myo 0.0/1.5 ... mask 88% teacher 71``: each class's share among the
+    pseudo-labels that pass the mask / among the labeled pixels, so a collapse shows while it happens."""
+    if not report:
+        return ""
+    pseudo, labeled = report.get("pseudo_fraction", {}), report.get("labeled_fraction", {})
+    parts = [f"{name} {100 * pseudo[name]:.1f}/{100 * labeled.get(name, 0.0):.1f}" for name in list(pseudo)[1:]]
+    text = " pseudo " + " ".join(parts) + f" mask {100 * report.get('mask_fraction', 0.0):.0f}%"
+    if "teacher_dice" in report:
+        text += f" teacher {100 * report['teacher_dice']:.0f}"
+    return text
+
+
 class TqdmReporter:
     """Shows training events as a tqdm bar over both stages (stderr)."""
 
@@ -85,7 +98,8 @@ class TqdmReporter:
             self.bar.n = event["overall_iteration"]
             temps = " ".join(f"{k}={v:.3f}" for k, v in event["temperature"].items())
             self.bar.set_description(f"{event['stage']}/{event['phase']}")
-            self.bar.set_postfix_str(f"loss={event['loss']:.4f} lr={event['lr']:.5f} {temps}")
+            self.bar.set_postfix_str(f"loss={event['loss']:.4f} lr={event['lr']:.5f} {temps}"
+                                     + pseudo_label_summary(event.get("pseudo_labels")))
         elif kind == "warning" and not self.quiet:
             self.bar.write(f"warning: {event['message']}", file=sys.stderr)
         elif kind == "stage" and not self.quiet:

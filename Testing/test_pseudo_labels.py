@@ -81,3 +81,13 @@ def test_reliability_is_the_teachers_foreground_dice_on_labeled_images() -> None
     half = perfect.clone()
     half[:, :, 9, :2] = torch.tensor([10.0, 0, 0]).view(1, 3, 1)  # misses class 2 entirely
     assert heads.update_reliability(cfg, half, y).item() == pytest.approx(0.5)
+
+
+def test_cli_shows_pseudo_label_shares_next_to_labeled_shares() -> None:
+    from ACTIONPlusPlusLib.cli import pseudo_label_summary
+
+    report = {"pseudo_fraction": {"background": 0.97, "RV": 0.0, "LV": 0.03},
+              "labeled_fraction": {"background": 0.95, "RV": 0.02, "LV": 0.03},
+              "mask_fraction": 0.9, "teacher_dice": 0.5}
+    assert pseudo_label_summary(report) == " pseudo RV 0.0/2.0 LV 3.0/3.0 mask 90% teacher 50"
+    assert pseudo_label_summary(None) == ""
