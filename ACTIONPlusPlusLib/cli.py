@@ -71,13 +71,13 @@ def build_config(preset_name: str, args: argparse.Namespace):
 
 
 def pseudo_label_summary(report: dict[str, Any] | None) -> str:
-    """`` pseudo RV 1.2/1.4 Myo 0.0/1.5 ... mask 88% teacher 71``: each class's share among the
+    """`` taught RV 1.2/1.4 Myo 0.0/1.5 ... mask 88% teacher 71``: each class's share among the
     pseudo-labels that pass the mask / among the labeled pixels, so a collapse shows while it happens."""
     if not report:
         return ""
-    pseudo, labeled = report.get("pseudo_fraction", {}), report.get("labeled_fraction", {})
+    pseudo, labeled = report.get("taught_fraction", {}), report.get("labeled_fraction", {})
     parts = [f"{name} {100 * pseudo[name]:.1f}/{100 * labeled.get(name, 0.0):.1f}" for name in list(pseudo)[1:]]
-    text = " pseudo " + " ".join(parts) + f" mask {100 * report.get('mask_fraction', 0.0):.0f}%"
+    text = " taught " + " ".join(parts) + f" mask {100 * report.get('mask_fraction', 0.0):.0f}%"
     if "teacher_dice" in report:
         text += f" teacher {100 * report['teacher_dice']:.0f}"
     return text

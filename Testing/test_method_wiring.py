@@ -102,6 +102,7 @@ def test_pseudo_labels_come_from_the_teacher(cardiac, tmp_path) -> None:
     step = FinetuneStep(trainer.cfg, trainer.student, trainer.teacher, trainer.ft)
     _, _, diagnostics = step(trainer.batches, trainer.host_gen, trainer.dev_gen, 0.5, trainer.autocast, 1.0)
     assert diagnostics["pseudo_fraction"][2] == pytest.approx(1.0)
+    assert diagnostics["taught_fraction"][2] == pytest.approx(1.0)
     assert diagnostics["mask_fraction"] == pytest.approx(1.0)
     swapped = FinetuneStep(trainer.cfg, trainer.teacher, trainer.student, trainer.ft)
     _, _, diagnostics = swapped(trainer.batches, trainer.host_gen, trainer.dev_gen, 0.5, trainer.autocast, 1.0)

@@ -86,8 +86,8 @@ def test_reliability_is_the_teachers_foreground_dice_on_labeled_images() -> None
 def test_cli_shows_pseudo_label_shares_next_to_labeled_shares() -> None:
     from ACTIONPlusPlusLib.cli import pseudo_label_summary
 
-    report = {"pseudo_fraction": {"background": 0.97, "RV": 0.0, "LV": 0.03},
+    report = {"taught_fraction": {"background": 0.97, "RV": 0.0, "LV": 0.03},
               "labeled_fraction": {"background": 0.95, "RV": 0.02, "LV": 0.03},
               "mask_fraction": 0.9, "teacher_dice": 0.5}
-    assert pseudo_label_summary(report) == " pseudo RV 0.0/2.0 LV 3.0/3.0 mask 90% teacher 50"
+    assert pseudo_label_summary(report) == " taught RV 0.0/2.0 LV 3.0/3.0 mask 90% teacher 50"
     assert pseudo_label_summary(None) == ""

@@ -60,6 +60,7 @@ def progress_printer(name: str):
         pl = event.get("pseudo_labels")
         if pl:
             line += (" | pseudo " + " ".join(f"{k}:{100 * v:.1f}" for k, v in pl["pseudo_fraction"].items())
+                     + " | taught " + " ".join(f"{k}:{100 * v:.1f}" for k, v in pl["taught_fraction"].items())
                      + " | labeled " + " ".join(f"{k}:{100 * v:.1f}" for k, v in pl["labeled_fraction"].items())
                      + f" | mask {100 * pl['mask_fraction']:.0f}%"
                      + (f" | teacher Dice {100 * pl['teacher_dice']:.0f}" if "teacher_dice" in pl else ""))

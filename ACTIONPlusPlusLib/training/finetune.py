@@ -153,9 +153,10 @@ class FinetuneStep:
         """One fine-tuning iteration: ``(total loss, its parts, diagnostics)``.
 
         ``ramp`` in [0, 1] scales the unsupervised and contrastive weights (the ramp-up).  Diagnostics:
-        ``labeled_fraction`` and ``pseudo_fraction`` (C,) class shares among the labeled pixels and
-        among the pseudo-labelled pixels that pass the mask, and ``mask_fraction`` (the share of
-        unlabeled pixels that pass it).
+        class shares (C,) among the labeled pixels (``labeled_fraction``), among the teacher's (aligned)
+        pseudo-labels of the unlabeled images (``pseudo_fraction``) and among the pseudo-labelled pixels
+        that pass the mask, i.e. what is taught (``taught_fraction``); ``mask_fraction``, the share of
+        teacher-labelled pixels that pass it; ``teacher_dice`` with the reliability gate.
         """
         cfg = self.cfg
         heads = self.heads
@@ -176,6 +177,7 @@ class FinetuneStep:
             prob_t = torch.softmax(logits_tu.float(), dim=1)
             rep_t = None if sparse else heads.k_rep(feat_tl).float()
         pseudo, conf, thresholds = heads.pseudo_labels(cfg, prob_t, y_l)
+        teacher_labels = pseudo
         gate = heads.update_reliability(cfg, logits_tl.float(), y_l) if cfg.reliability_gate else None
 
         if cfg.mix == "cutmix":
@@ -243,7 +245,8 @@ class FinetuneStep:
         with torch.no_grad():
             diagnostics = {
                 "labeled_fraction": _class_fractions(y_l, torch.ones_like(y_l), cfg.num_classes),
-                "pseudo_fraction": _class_fractions(pseudo, teacher_mask, cfg.num_classes),
+                "pseudo_fraction": _class_fractions(teacher_labels, torch.ones_like(teacher_labels), cfg.num_classes),
+                "taught_fraction": _class_fractions(pseudo, teacher_mask, cfg.num_classes),
                 "mask_fraction": teacher_mask.float().sum() / (~from_labeled).float().sum().clamp_min(1.0),
             }
             if gate is not None:
