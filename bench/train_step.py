@@ -54,48 +54,74 @@ def _cases(cfg, n: int, labeled: bool, rng: np.random.Generator) -> list[Case]:
     return out
 
 
-def _time_phase(name: str, shape: str, device: torch.device, iters: int, warm: int, phase: str) -> tuple[float, str, object]:
+def _trainer(name: str, shape: str, device: torch.device, phase: str, tmp: str) -> Trainer:
     overrides = dict(REDUCED[name]) if shape == "reduced" else {}
     counts = {"pretrain_warmup_iterations": 0, "pretrain_joint_iterations": 0, "finetune_iterations": 0}
     if phase == "supervised":
-        counts["finetune_iterations"] = warm + iters
+        counts["finetune_iterations"] = 10**6
         overrides["mode"] = "supervised"
     else:
         key = {"warmup": "pretrain_warmup_iterations", "joint": "pretrain_joint_iterations", "finetune": "finetune_iterations"}[phase]
-        counts[key] = warm + iters
-    cfg = preset(name, **overrides, **counts, log_every=1, checkpoint_every=10**9, device=str(device))
+        counts[key] = 10**6
+    cfg = preset(name, **overrides, **counts, checkpoint_every=10**9, device=str(device))
     rng = np.random.default_rng(0)
-    stamps: list[float] = []
-    with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(cfg, _cases(cfg, 4, True, rng), _cases(cfg, 8, False, rng), Path(tmp),
-                          callback=lambda e: stamps.append(time.perf_counter()) if e["event"] == "progress" else None)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats(device)
-        trainer.run()
-    seconds = (stamps[-1] - stamps[warm - 1]) / iters
+    trainer = Trainer(cfg, _cases(cfg, 4, True, rng), _cases(cfg, 8, False, rng), Path(tmp) / phase)
+    trainer.prepare()
+    trainer.phase_index = next(i for i, p in enumerate(trainer.phases) if p.iterations)
+    trainer._begin_phase(trainer.phases[trainer.phase_index])
+    return trainer
+
+
+def _sync(device: torch.device) -> None:
     if device.type == "cuda":
-        mem = f"peak GPU memory {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB"
-    else:
-        mem = f"peak process RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB"
-    return seconds, mem, cfg
+        torch.cuda.synchronize(device)
 
 
-def bench(name: str, shape: str, device: torch.device, iters: int, warm: int) -> list[str]:
-    """Each stage's step next to a supervised step at the same per-arm batch and shape, and the ratio."""
+def bench(name: str, shape: str, device: torch.device, iters: int, warm: int, rounds: int = 3) -> list[str]:
+    """Each stage's step next to a supervised step at the same per-arm batch and shape, and the ratio.
+
+    The stages are timed in interleaved rounds (``iters`` iterations of each stage per round, best round
+    kept), so that a busy machine slows them alike; ``Trainer.step_once`` is the loop's own iteration.
+    """
+    phases = ("warmup", "joint", "finetune", "supervised")
+    with tempfile.TemporaryDirectory() as tmp:
+        trainers = {phase: _trainer(name, shape, device, phase, tmp) for phase in phases}
+        best = {phase: float("inf") for phase in phases}
+        peaks = {}
+        for phase, trainer in trainers.items():  # warm-up iterations (allocator, kernels, queues)
+            for _ in range(warm):
+                trainer.step_once(trainer.phases[trainer.phase_index])
+                trainer.iteration += 1
+        for _ in range(rounds):
+            for phase, trainer in trainers.items():
+                if device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(device)
+                _sync(device)
+                started = time.perf_counter()
+                for _ in range(iters):
+                    trainer.step_once(trainer.phases[trainer.phase_index])
+                    trainer.iteration += 1
+                _sync(device)
+                best[phase] = min(best[phase], (time.perf_counter() - started) / iters)
+                if device.type == "cuda":
+                    peaks[phase] = torch.cuda.max_memory_allocated(device) / 2**30
     lines = []
-    sup_seconds, _, _ = _time_phase(name, shape, device, iters, warm, "supervised")
-    for phase in ("warmup", "joint", "finetune", "supervised"):
-        seconds, mem, cfg = (_time_phase(name, shape, device, iters, warm, phase) if phase != "supervised"
-                             else (sup_seconds, "", None))
-        if cfg is None:
-            continue
-        per_arm = cfg.finetune_labeled_batch if phase == "finetune" else cfg.pretrain_labeled_batch
-        batch = f"{cfg.pretrain_labeled_batch}+{cfg.pretrain_unlabeled_batch}" if phase != "finetune" else f"{cfg.finetune_labeled_batch}+{cfg.finetune_unlabeled_batch}"
+    sup_seconds = best["supervised"]
+    for phase in phases:
+        cfg = trainers[phase].cfg
+        seconds = best[phase]
+        if phase == "supervised":
+            per_arm, batch = cfg.finetune_labeled_batch, f"{cfg.finetune_labeled_batch}+0"
+        elif phase == "finetune":
+            per_arm, batch = cfg.finetune_labeled_batch, f"{cfg.finetune_labeled_batch}+{cfg.finetune_unlabeled_batch}"
+        else:
+            per_arm, batch = cfg.pretrain_labeled_batch, f"{cfg.pretrain_labeled_batch}+{cfg.pretrain_unlabeled_batch}"
         ref = sup_seconds * (per_arm / cfg.finetune_labeled_batch)  # the supervised step at this per-arm batch
-        lines.append(f"{name:4s} {shape:7s} patch {'x'.join(map(str, cfg.patch_size)):10s} batch {batch:4s} {phase:8s} "
-                     f"{1 / seconds:7.2f} it/s ({seconds * 1000:8.1f} ms/it)  supervised step {ref * 1000:7.1f} ms "
-                     f"-> ratio {seconds / ref:5.2f}  {mem}")
+        mem = (f"peak GPU memory {peaks[phase]:.2f} GiB" if device.type == "cuda"
+               else f"peak process RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
+        lines.append(f"{name:4s} {shape:7s} patch {'x'.join(map(str, cfg.patch_size)):10s} batch {batch:4s} {phase:10s} "
+                     f"{1 / seconds:7.2f} it/s ({seconds * 1000:8.1f} ms/it)  vs supervised step {ref * 1000:7.1f} ms: "
+                     f"ratio {seconds / ref:5.2f}  {mem}")
         print(lines[-1], flush=True)
     return lines
 
@@ -105,16 +131,19 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--shape", choices=["reduced", "real", "both"], default=None)
     parser.add_argument("--presets", default="acdc,la")
-    parser.add_argument("--iterations", type=int, default=5)
+    parser.add_argument("--iterations", type=int, default=5, help="iterations per stage per round")
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--warm", type=int, default=2)
+    parser.add_argument("--acdc-size", type=int, default=64, help="ACDC patch edge for the reduced shape (64, 128)")
     args = parser.parse_args()
+    REDUCED["acdc"]["patch_size"] = [args.acdc_size, args.acdc_size]
     device = resolve_device(args.device)
     shapes = {"reduced": ["reduced"], "real": ["real"], "both": ["reduced", "real"]}[args.shape or ("both" if device.type == "cuda" else "reduced")]
     print(f"torch {torch.__version__}, device {device}"
           + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else f" ({os.cpu_count()} CPU cores, {torch.get_num_threads()} threads)"))
     for shape in shapes:
         for name in args.presets.split(","):
-            bench(name, shape, device, args.iterations, args.warm)
+            bench(name, shape, device, args.iterations, args.warm, args.rounds)
 
 
 if __name__ == "__main__":

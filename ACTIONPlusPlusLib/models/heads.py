@@ -177,37 +177,18 @@ class RepresentationHead(nn.Module):
         total = None
         for proj, f in zip(self.per_scale, features):
             folded = last @ proj.weight.reshape(proj.out_channels, -1)  # (d, C_s)
-            x = f.movedim(1, -1)  # (N, *s, C_s)
-            if x.shape[-1] < folded.shape[0]:  # fewer channels than d: upsample first, then project
-                x = F.linear(_upsample(x, size), folded)
-            else:
-                x = _upsample(F.linear(x, folded), size)
-            total = x if total is None else total + x
-        return (total + self.last.bias).movedim(-1, 1)
+            rows = f.movedim(1, -1).reshape(-1, f.shape[1])  # (N * prod(s), C_s) pixel rows
+            x = F.linear(rows, folded).view(f.shape[0], *f.shape[2:], -1)  # projected at native resolution
+            x = self._up_channels_last(x, size)
+            total = x if total is None else total.add_(x)  # x is always a fresh tensor here
+        return total.add_(self.last.bias).movedim(-1, 1)
 
-
-def _upsample(x: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
-    """Channels-last (N, *s, c) -> (N, *size, c), linear with ``align_corners=True``, axis by axis."""
-    for axis, out in enumerate(size):
-        src = x.shape[1 + axis]
-        if src != out:
-            matrix = _interpolation_matrix(src, out, x.dtype, x.device)  # (out, src)
-            x = torch.movedim(torch.tensordot(x, matrix, dims=([1 + axis], [1])), -1, 1 + axis)
-    return x
-
-
-def _interpolation_matrix(src: int, out: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """(out, src) weights of 1D linear interpolation with ``align_corners=True``."""
-    scale = (src - 1) / (out - 1) if out > 1 else 0.0
-    pos = torch.arange(out, dtype=torch.float64) * scale
-    lo = pos.floor().long().clamp(0, src - 1)
-    hi = (lo + 1).clamp(max=src - 1)
-    frac = pos - lo.double()
-    matrix = torch.zeros(out, src, dtype=torch.float64)
-    rows = torch.arange(out)
-    matrix.index_put_((rows, lo), 1.0 - frac, accumulate=True)
-    matrix.index_put_((rows, hi), frac, accumulate=True)
-    return matrix.to(dtype=dtype, device=device)
+    def _up_channels_last(self, x: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+        """(N, *s, c) channels-last -> (N, *size, c): ``interpolate`` on a channels-last view, which
+        runs its vectorised channels-last kernel and returns channels-last memory."""
+        if tuple(x.shape[1:-1]) == tuple(size):
+            return x
+        return self._up(x.movedim(-1, 1), size).movedim(1, -1)
 
 
 def _bilinear_rows(g: torch.Tensor, n_idx: torch.Tensor, coords: list[torch.Tensor], size: tuple[int, ...]) -> torch.Tensor:

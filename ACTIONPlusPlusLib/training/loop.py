@@ -255,18 +255,56 @@ class Trainer:
             self.ft.k_rep.load_state_dict(self.ft.q_rep.state_dict())
         self.optimizer = self._optimizer_for(phase)
 
-    def run(self, should_stop: Callable[[], bool] | None = None) -> bool:
-        """Train to the end (returns False) or until ``should_stop()`` (checkpoint saved, returns True)."""
+    def prepare(self) -> None:
+        """Build the step functions and set the train/eval modes (called by :meth:`run`)."""
         cfg = self.cfg
-        pre = PretrainStep(cfg, self.train_student, self.teacher, self.isd)
-        fine = FinetuneStep(cfg, self.train_student, self.teacher, self.ft)
-        sup = SupervisedStep(cfg, self.train_student)
+        self._steps = {
+            "pretrain": PretrainStep(cfg, self.train_student, self.teacher, self.isd),
+            "finetune": FinetuneStep(cfg, self.train_student, self.teacher, self.ft),
+            "supervised": SupervisedStep(cfg, self.train_student),
+        }
         self.student.train()
         self.teacher.train()  # D13: teacher in train() mode (batch statistics) ...
         if not cfg.teacher_dropout:  # ... with its dropout off unless asked for (Config.teacher_dropout)
             for module in self.teacher.modules():
                 if isinstance(module, nn.modules.dropout._DropoutNd):
                     module.eval()
+
+    def step_once(self, phase: Phase) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, float]]:
+        """One iteration of ``phase`` at ``self.iteration``: step, backward, SGD, EMA (no logging, no
+        host sync).  Returns ``(loss, parts, diagnostics, temperatures)``; the caller advances the
+        iteration and the learning rate."""
+        cfg = self.cfg
+        temps = self.temperatures(phase, self.iteration)
+        diagnostics: dict[str, torch.Tensor] = {}
+        if phase.name in ("warmup", "joint"):
+            loss, parts = self._steps["pretrain"](self.batches, self.host_gen, self.dev_gen, temps["student"],
+                                                  temps["teacher"], phase.name == "joint", self.autocast)
+        elif phase.name == "finetune":
+            loss, parts, diagnostics = self._steps["finetune"](self.batches, self.host_gen, self.dev_gen,
+                                                               temps["anco"], self.autocast,
+                                                               self.rampup(phase, self.iteration))
+        else:
+            loss, parts = self._steps["supervised"](self.batches, self.host_gen, self.dev_gen, self.autocast)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.sync_gradients is not None:
+            self.sync_gradients()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.student.parameters(), cfg.grad_clip)
+        self.optimizer.step()
+        with torch.no_grad():
+            if phase.name != "supervised":
+                decay = self.ema_decay(phase, self.iteration)
+                ema_update(self.teacher, self.student, decay)
+                (self.isd if phase.name != "finetune" else self.ft).ema(decay)
+            self._bad |= ~torch.isfinite(loss.detach())
+        return loss, parts, diagnostics, temps
+
+    def run(self, should_stop: Callable[[], bool] | None = None) -> bool:
+        """Train to the end (returns False) or until ``should_stop()`` (checkpoint saved, returns True)."""
+        cfg = self.cfg
+        self.prepare()
         while self.phase_index < len(self.phases):
             phase = self.phases[self.phase_index]
             if phase.iterations == 0:
@@ -286,32 +324,11 @@ class Trainer:
                     self.save()
                     return True
                 t = self.iteration + 1
-                temps = self.temperatures(phase, self.iteration)
                 lr = self.optimizer.param_groups[0]["lr"]
-                if phase.name in ("warmup", "joint"):
-                    loss, parts = pre(self.batches, self.host_gen, self.dev_gen, temps["student"], temps["teacher"],
-                                      phase.name == "joint", self.autocast)
-                elif phase.name == "finetune":
-                    ramp = self.rampup(phase, self.iteration)
-                    loss, parts, diagnostics = fine(self.batches, self.host_gen, self.dev_gen, temps["anco"],
-                                                    self.autocast, ramp)
+                loss, parts, diagnostics, temps = self.step_once(phase)
+                with torch.no_grad():
                     for key, value in diagnostics.items():
                         diag_sums[key] = diag_sums.get(key, 0) + value.detach().float()
-                else:
-                    loss, parts = sup(self.batches, self.host_gen, self.dev_gen, self.autocast)
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if self.sync_gradients is not None:
-                    self.sync_gradients()
-                if cfg.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(self.student.parameters(), cfg.grad_clip)
-                self.optimizer.step()
-                with torch.no_grad():
-                    if phase.name != "supervised":
-                        decay = self.ema_decay(phase, self.iteration)
-                        ema_update(self.teacher, self.student, decay)
-                        (self.isd if phase.name != "finetune" else self.ft).ema(decay)
-                    self._bad |= ~torch.isfinite(loss.detach())
                     for key, value in {"total": loss, **parts}.items():
                         sums[key] = sums.get(key, 0) + value.detach().float()
                 count += 1
