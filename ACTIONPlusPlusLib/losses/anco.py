@@ -154,13 +154,15 @@ def anco_sample(
     num_negatives: int = 512,
     strong_threshold: float = 0.97,
     generator: torch.Generator | None = None,
+    rows: Tensor | None = None,
 ) -> AncoSample:
     """Prototypes, query and negative sampling of :func:`anco_loss` (spec 6.4 steps 1-3, 10.6).
 
     Sets per class c: valid = ``valid & labels == c``; hard = valid & ``prob[:, c] < strong_threshold``.
     Queries: ``Q`` uniform draws with replacement from the hard set.  Negatives of a query of class i:
     ``M`` classes i.i.d. from ``softmax_j(cos(mu_i, mu_j) / tau)`` over the other valid classes, each
-    then a uniform pixel of that class's valid set.  Everything detached; no host sync.
+    then a uniform pixel of that class's valid set.  Everything detached; no host sync.  ``rows``:
+    ``pixel_rows(rep)`` when the caller already has it (one copy of a channels-first map, not two).
     """
     num_classes = prob.shape[1]
     device = rep.device
@@ -178,7 +180,7 @@ def anco_sample(
     # prototypes: one masked sum over the (pixels, C) mask (spec 10.6)
     classes = torch.arange(num_classes, device=device)
     mask = (valid_key.view(-1, 1) == classes).float()  # (B*P, C)
-    sums = mask.t() @ pixel_rows(rep.detach().float())  # (C, D)
+    sums = mask.t() @ (pixel_rows(rep.detach().float()) if rows is None else rows)  # (C, D)
     protos = sums / valid_counts.clamp_min(1).unsqueeze(1).float()
     present = valid_counts > 0
     unit = F.normalize(protos, dim=1, eps=1e-8)
@@ -284,11 +286,16 @@ def anco_loss(
     with gradient (the sparse path of :class:`~ACTIONPlusPlusLib.models.heads.RepresentationHead`);
     ``rep`` is then only read without gradient (prototypes, negatives).
     """
-    smp = anco_sample(rep, labels, valid, prob, tau, num_queries, num_negatives, strong_threshold, generator)
-    num_classes = prob.shape[1]
     with torch.no_grad():
-        rows = F.normalize(pixel_rows(rep.detach().float()), dim=1, eps=1e-8)
+        rows = pixel_rows(rep.detach().float())  # a view of a channels-last map, else our own copy
+        smp = anco_sample(rep, labels, valid, prob, tau, num_queries, num_negatives, strong_threshold, generator,
+                          rows=rows)
+        if rows._is_view():
+            rows = F.normalize(rows, dim=1, eps=1e-8)
+        else:  # normalise our copy in place: one pass, no second map-sized buffer
+            rows.div_(rows.norm(dim=1, keepdim=True).clamp_min(1e-8))
         protos = F.normalize(smp.prototypes, dim=1, eps=1e-8)  # (C, D)
+    num_classes = prob.shape[1]
     q_idx = smp.query_idx.reshape(-1)  # (C*Q,)
     query = query_rows(q_idx) if query_rows is not None else gather_pixels(rep, q_idx)
     per_query = indexed_contrast(query, protos.repeat_interleave(num_queries, dim=0), rows,
