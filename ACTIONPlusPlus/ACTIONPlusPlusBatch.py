@@ -60,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train (default), predict (needs --model), continue (warm start from --model)")
     p.add_argument("--model", metavar="MODEL.pt", help="an existing model (predict or continue)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in OUT/job/run")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start a new run although OUT/job/run holds one (it is moved to OUT/job/run/previous-<time>/)")
     p.add_argument("--iterations", default="paper", metavar="quick|paper|W,J,F",
                    help="iterations per stage: quick, paper (default) or warm-up,joint,fine-tuning numbers")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
@@ -238,9 +240,9 @@ def run(argv: Sequence[str]) -> int:
             scene, pairs, unlabeled, predict, out / "job", args.preset, mode=mode,
             model=Path(args.model).resolve() if args.model else None, resume=args.resume, overrides=overrides,
             device=args.device, seed=args.seed, write_confidence=args.confidence,
-            predict_unlabeled=not args.no_predict_unlabeled, file_suffix=args.suffix,
+            predict_unlabeled=not args.no_predict_unlabeled, file_suffix=args.suffix, overwrite=args.overwrite,
         )
-    except (BatchError, ActionError, ValueError) as exc:
+    except (BatchError, ActionError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return EXIT_BAD_INPUT
 
@@ -323,11 +325,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
         return int(exc.code) if isinstance(exc.code, int) else EXIT_BAD_INPUT
     except Exception as exc:  # noqa: BLE001 - headless: report and exit, never hang or open a dialog
+        log = _log_traceback(exc, args)
+        where = f"; the traceback is in {log}" if log is not None else ""
+        first = (str(exc).strip().splitlines() or [""])[0]
+        print(f"error: unexpected {type(exc).__name__}: {first}{where}", file=sys.stderr, flush=True)
+        return EXIT_UNEXPECTED
+
+
+def _log_traceback(exc: BaseException, args: Sequence[str]) -> Path | None:
+    """Write ``exc``'s traceback into the --out folder (else the temp folder); its path or None."""
+    out = None
+    for i, item in enumerate(args):
+        if item == "--out" and i + 1 < len(args):
+            out = Path(args[i + 1])
+        elif item.startswith("--out="):
+            out = Path(item.split("=", 1)[1])
+    try:
+        from ACTIONPlusPlusLib.io_utils import write_traceback_log
+    except ImportError:
         import traceback
 
         traceback.print_exc()
-        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
-        return EXIT_UNEXPECTED
+        return None
+    return write_traceback_log(exc, [out], name="ACTIONPlusPlusBatch-error.log")
 
 
 if __name__ == "__main__":

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from .errors import ActionError
+from .errors import ActionError, DataError, ModelFileError, TrainingError
+
+EXIT_OK, EXIT_UNEXPECTED, EXIT_USER_ERROR, EXIT_TRAINING, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 
 def _add_training_options(p: argparse.ArgumentParser) -> None:
@@ -64,10 +67,31 @@ def build_config(preset_name: str, args: argparse.Namespace):
         overrides["mode"] = "supervised"
     for item in args.set:
         key, sep, value = item.partition("=")
-        if not sep:
-            raise ActionError(f"--set expects KEY=VALUE, got {item!r}")
+        if not sep or not key.strip():
+            raise DataError(f"--set expects KEY=VALUE, got {item!r}")
         overrides[key.strip()] = value.strip()
-    return preset(preset_name, **overrides)
+    try:
+        return preset(preset_name, **overrides)
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"invalid configuration: {_config_problem(preset_name, overrides, exc)}") from exc
+
+
+def _config_problem(preset_name: str, overrides: dict[str, Any], exc: Exception) -> str:
+    """The config error with the option that caused it (``--set lr=abc`` -> names ``lr``)."""
+    from .config import preset
+
+    base = preset(preset_name)
+    known = set(base.to_dict())
+    for key, value in overrides.items():
+        if key not in known:
+            close = difflib.get_close_matches(key, sorted(known), n=3)
+            hint = f" (did you mean {', '.join(close)}?)" if close else " (see ACTIONPlusPlusLib/config.py)"
+            return f"unknown config key {key!r}{hint}"
+        try:
+            base.replace(**{key: value})
+        except (TypeError, ValueError) as single:
+            return f"{key}={value!r}: {single}"
+    return str(exc)
 
 
 def pseudo_label_summary(report: dict[str, Any] | None) -> str:
@@ -121,7 +145,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         main_process = dist_utils.is_main_process()
         device = dist_utils.local_device(cfg.device) if distributed else None
         dataset = load_dataset(args.data, cfg, labeled=args.labeled, splits=("train",))
-        if main_process:
+        if main_process and not args.quiet:
             ranks = f", {dist_utils.world_size()} processes" if distributed else ""
             print(f"{dataset.layout} data: {len(dataset.labeled)} labeled, {len(dataset.unlabeled)} unlabeled{ranks}",
                   file=sys.stderr)
@@ -129,7 +153,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         stop = _StopFlag()
         try:
             result = train(cfg, dataset.labeled, dataset.unlabeled, args.out, callback=reporter,
-                           resume=args.resume, init_model=args.init_model, should_stop=stop, device=device)
+                           resume=args.resume, init_model=args.init_model, should_stop=stop, device=device,
+                           overwrite=args.overwrite)
         finally:
             stop.restore()
             reporter.close()
@@ -139,7 +164,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if result.stopped:
         if main_process:
             print(f"interrupted: checkpoint saved to {result.checkpoint_path}; continue with --resume", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     if main_process:
         print(f"model written to {result.model_path}")
     return 0
@@ -169,39 +194,103 @@ class _StopFlag:
             signal.signal(sig, handler)
 
 
-def _input_files(path: Path) -> list[Path]:
-    from .data.imageio import has_image_suffix
+def _input_files(path: Path) -> tuple[list[Path], list[Path]]:
+    """(images to segment, files skipped because ACTION++ wrote them) for a file or a folder."""
+    from .data.imageio import has_image_suffix, is_prediction_file
 
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file() and has_image_suffix(p))
+        files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".") and has_image_suffix(p))
+        ours = [p for p in files if is_prediction_file(p)]
+        files = [p for p in files if p not in ours]
         if not files:
-            raise ActionError(f"no NIfTI/NRRD images found in {path}")
-        return files
+            what = f" (only {len(ours)} earlier ACTION++ output(s))" if ours else ""
+            raise DataError(f"no NIfTI/NRRD/MHA images found in {path}{what}")
+        return files, ours
     if not path.exists():
-        raise ActionError(f"input {path} does not exist")
-    return [path]
+        raise DataError(f"input {path} does not exist")
+    if is_prediction_file(path):
+        raise DataError(f"input {path} is a segmentation written by ACTION++, not an image to segment")
+    return [path], []
+
+
+def _output_names(inputs: list[Path], out: Path, forced_suffix: str | None,
+                  confidence: bool) -> list[tuple[Path, Path, Path | None]]:
+    """(input, label output, confidence output) per input; outputs keep the input's format (suffix)
+    unless ``--suffix`` forces one.  Two inputs that would write one file, or an output that would
+    replace an input, are refused naming both files (names compared case-insensitively: macOS and
+    Windows file systems ignore case)."""
+    from .data.imageio import split_suffix
+
+    inputs_by_name = {p.resolve(): p for p in inputs}
+    claimed: dict[str, Path] = {}
+    plan = []
+    for path in inputs:
+        stem, suffix = split_suffix(path)
+        suffix = forced_suffix or (".nrrd" if suffix == ".seg.nrrd" else suffix.lower())
+        seg = out / f"{stem}_seg{suffix}"
+        conf = out / f"{stem}_confidence{suffix}" if confidence else None
+        for target in [seg] + ([conf] if conf is not None else []):
+            key = target.name.lower()
+            if key in claimed:
+                raise DataError(
+                    f"inputs {claimed[key]} and {path} would both be written to {target}; rename one of them "
+                    "or predict them into different --output folders" + (" (or drop --suffix)" if forced_suffix else ""))
+            claimed[key] = path
+            clash = inputs_by_name.get(target.resolve())
+            if clash is not None:
+                raise DataError(f"the output for {path} would replace the input {clash}; choose another --output")
+        plan.append((path, seg, conf))
+    return plan
+
+
+def _output_folder(out: Path, option: str) -> Path:
+    from .io_utils import check_writable_dir
+
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{option} {out} is a file, not a folder")
+    try:
+        return check_writable_dir(out)
+    except PermissionError as exc:
+        raise DataError(f"{option}: {exc}") from exc
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .data.imageio import read_case, split_suffix, write_image, write_label
+    from .data.imageio import PREDICTION_NOTE, read_case, write_image, write_label
     from .device import resolve_device
     from .inference import confidence_map, predict_case
     from .model_io import load_model
 
+    out = _output_folder(Path(args.output), "--output")
+    inputs, ours = _input_files(Path(args.input))
+    plan = _output_names(inputs, out, args.suffix, args.confidence)
     device = resolve_device(args.device or "auto")
-    model, cfg = load_model(args.model, device=device)
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
-    for path in _input_files(Path(args.input)):
+    model, cfg = load_model(args.model, device=device, expect_preset=args.preset)
+    if ours:
+        print(f"skipped {len(ours)} file(s) written by an earlier ACTION++ prediction (e.g. {ours[0].name})",
+              file=sys.stderr)
+    for path, seg, conf in plan:
         case = read_case(path)
+        _check_fits_model(case, cfg, args.model)
         result = predict_case(model, case, cfg, device=device, normalize_input=True, return_probabilities=args.confidence)
-        stem, suffix = split_suffix(path)
-        suffix = args.suffix or (".nrrd" if suffix == ".nrrd" else ".nii.gz")
-        target = write_label(out / f"{stem}_seg{suffix}", result.labels, case)
-        if args.confidence and result.probabilities is not None:
-            write_image(out / f"{stem}_confidence{suffix}", confidence_map(result.probabilities), case)
+        target = write_label(seg, result.labels, case, note=PREDICTION_NOTE)
+        if conf is not None and result.probabilities is not None:
+            write_image(conf, confidence_map(result.probabilities), case, note=PREDICTION_NOTE)
         print(target)
-    return 0
+    return EXIT_OK
+
+
+def _check_fits_model(case: Any, cfg: Any, model_path: Path) -> None:
+    """Refuse data the model cannot have been trained for: a single slice for a 3D model, or label values
+    beyond the model's classes."""
+    if cfg.dim == 3 and case.image.shape[0] == 1:
+        raise ModelFileError(f"{model_path} is a 3D {cfg.preset!r} model but {case.path or case.id} is a single 2D slice")
+    if case.label is not None:
+        top = int(case.label.max()) if case.label.size else 0
+        if top >= cfg.num_classes:
+            raise ModelFileError(
+                f"{model_path} predicts {cfg.num_classes} classes ({', '.join(cfg.class_names)}, preset {cfg.preset!r}) "
+                f"but the label of case {case.id!r} ({case.path}) holds class {top}: the model was trained for "
+                "other data (another preset?)")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -212,17 +301,25 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .metrics import format_table
     from .model_io import load_model
 
+    if args.json is not None:  # fail before computing everything, not after
+        if Path(args.json).is_dir():
+            raise DataError(f"--json {args.json} is a folder; give a file name")
+        _output_folder(Path(args.json).resolve().parent, "--json")
     device = resolve_device(args.device or "auto")
-    model, cfg = load_model(args.model, device=device)
+    model, cfg = load_model(args.model, device=device, expect_preset=args.preset)
     dataset = load_dataset(args.data, cfg, splits=(args.split,))
     cases = dataset.test if args.split == "test" else dataset.val
     if not cases:
-        raise ActionError(f"the {args.split} split of {args.data} has no cases")
+        raise DataError(f"the {args.split} split of {args.data} has no cases")
+    for case in cases:
+        if case.label is None:
+            raise DataError(f"case {case.id!r} of the {args.split} split of {args.data} has no label: cannot evaluate it")
+        _check_fits_model(case, cfg, args.model)
     evaluation = evaluate_cases(model, cfg, cases, device=device)
     print(format_table(evaluation.summary, cfg.foreground_names, f"{cfg.preset} {args.split} ({len(cases)} cases): {args.model}"))
     if args.json:
         atomic_write_text(Path(args.json), json.dumps({"summary": evaluation.summary, "cases": evaluation.per_case}, indent=2, default=float))
-    return 0
+    return EXIT_OK
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -247,6 +344,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--labeled", type=int, help="ACDC: patients (3 = 5%%, 7 = 10%%); LA: volumes (4, 8); generic: pairs")
     p.add_argument("--out", required=True, type=Path, help="run folder (config.json, checkpoint.pt, model.pt)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from OUT/checkpoint.pt")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start a new run in an OUT that holds one (the old run is moved to OUT/previous-<time>/)")
     p.add_argument("--init-model", type=Path, help="warm-start from a previous model.pt")
     p.add_argument("--quiet", action="store_true")
     _add_training_options(p)
@@ -258,7 +357,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, type=Path)
     p.add_argument("--device", default=None)
     p.add_argument("--confidence", action="store_true", help="also write max-probability confidence maps")
-    p.add_argument("--suffix", choices=[".nii.gz", ".nii", ".nrrd"], help="output format (default: like the input)")
+    p.add_argument("--suffix", choices=[".nii.gz", ".nii", ".nrrd", ".mha"], help="output format (default: like the input)")
+    p.add_argument("--preset", choices=["acdc", "la"], help="refuse a model trained for another preset")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("evaluate", help="Dice/Jaccard/HD95/ASD on a labeled split, the paper's table")
@@ -266,6 +366,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, type=Path)
     p.add_argument("--split", default="test", choices=["test", "val"])
     p.add_argument("--json", type=Path, help="write summary and per-case metrics as JSON")
+    p.add_argument("--preset", choices=["acdc", "la"], help="refuse a model trained for another preset")
     p.add_argument("--device", default=None)
     p.set_defaults(func=cmd_evaluate)
 
@@ -279,16 +380,49 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _log_folders(args: argparse.Namespace) -> list[Path | None]:
+    """Where an unexpected error's traceback goes: the command's output folder when it exists (else
+    write_traceback_log falls back to the system temp folder)."""
+    out = getattr(args, "out", None) or getattr(args, "output", None)
+    if out is None and getattr(args, "json", None) is not None:
+        out = Path(args.json).parent
+    return [Path(out) if out is not None else None]
+
+
+def _interrupted_message(args: argparse.Namespace) -> str:
+    out = getattr(args, "out", None)
+    if getattr(args, "command", None) == "train" and out is not None and (Path(out) / "checkpoint.pt").is_file():
+        return f"interrupted; continue the run in {out} with --resume"
+    return "interrupted before training started; nothing was saved"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run a command.  Exit codes: 0 done, 1 unexpected error (traceback in a log file), 2 user error
+    (one line naming the problem and the path), 3 training error (NaN loss), 130 interrupted."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "worker":
         return cmd_worker(argv[1:])
     args = make_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
+    except TrainingError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_TRAINING
     except ActionError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USER_ERROR
+    except OSError as exc:  # unwritable / missing / full: the user's environment, named by the OS error
+        text = f"{exc.strerror}: {exc.filename}" if exc.strerror and exc.filename else str(exc)
+        print(f"error: {text}", file=sys.stderr)
+        return EXIT_USER_ERROR
     except KeyboardInterrupt:
-        print("interrupted; resume with --resume", file=sys.stderr)
-        return 130
+        print(_interrupted_message(args), file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # noqa: BLE001 - a bug: one line here, the traceback in a log file
+        from .io_utils import write_traceback_log
+
+        log = write_traceback_log(exc, _log_folders(args))
+        where = f"; the traceback is in {log}" if log is not None else ""
+        first = (str(exc).strip().splitlines() or [""])[0]
+        print(f"error: unexpected {type(exc).__name__}: {first}{where}", file=sys.stderr)
+        return EXIT_UNEXPECTED

@@ -4,12 +4,41 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
+import time
+import traceback
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
+
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where the OS allows (Linux ``/proc``)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:  # elsewhere the only way to read it is to set it and put it back
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def default_file_mode() -> int:
+    """The mode ``open(path, "w")`` would give a new file: 0666 minus the umask."""
+    return 0o666 & ~current_umask()
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, fsync it, then rename it over ``path``."""
+    """Call ``write(tmp)`` on a temporary file beside ``path``, fsync it, then rename it over ``path``.
+
+    ``mkstemp`` creates the temporary file 0600; it gets the mode an ordinary new file would get
+    (0666 minus the umask) before the rename, so that models, checkpoints and predictions are all
+    shared the way the user's umask says.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -19,6 +48,7 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
         write(tmp)
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
+        os.chmod(tmp, default_file_mode())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -46,3 +76,27 @@ def check_writable_dir(path: Path) -> Path:
     except OSError as exc:
         raise PermissionError(f"output folder {path} is not writable: {exc.strerror or exc}") from exc
     return path
+
+
+def write_traceback_log(exc: BaseException, folders: Iterable[Path | None], name: str = "actionpp-error.log") -> Path | None:
+    """Append ``exc``'s traceback to ``name`` in the first writable folder of ``folders`` (then the
+    system temp folder); returns the log's path, or None when nothing could be written.
+
+    Unexpected errors are reported to the user in one line that says where this log is.
+    """
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+    for folder in [*folders, Path(tempfile.gettempdir())]:
+        if folder is None:
+            continue
+        try:
+            folder = Path(folder)
+            if not folder.is_dir():
+                continue
+            log = folder / name
+            with open(log, "a", encoding="utf-8") as handle:
+                handle.write(f"--- {stamp} pid {os.getpid()}\n{text}\n")
+            return log
+        except OSError:
+            continue
+    return None

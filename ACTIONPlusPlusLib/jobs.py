@@ -25,6 +25,9 @@ Fields::
     write_confidence true: also write a per-voxel confidence map (max class probability) per prediction
     predict_unlabeled true: after training, also predict every image of dataset_dir/imagesUnlabeled/
                      (what to annotate next); false: only predict_dir
+    overwrite        optional (default false): start a new run in an output_dir that holds one, moving
+                     the old run into output_dir/previous-<time>/; false refuses such a folder unless
+                     "resume" is true (the CLI's --overwrite, same rules: training/run_folder.py)
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ from .io_utils import atomic_write_text
 
 JOB_VERSION = 1
 MODES = ("train", "predict", "continue")
+#: fields added after version 1 was published: a job written before them may leave them out
+OPTIONAL_FIELDS = {"overwrite": False}
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+|mps)$")
 
 
@@ -58,6 +63,7 @@ class TrainingJob:
     seed: int = 1337
     write_confidence: bool = False
     predict_unlabeled: bool = True
+    overwrite: bool = False
     version: int = JOB_VERSION
 
     @property
@@ -129,6 +135,7 @@ def read_job(path: str | Path) -> TrainingJob:
         raise DataError(f"{where} must hold a JSON object, found {type(data).__name__}")
 
     names = [f.name for f in fields(TrainingJob)]
+    data = {**OPTIONAL_FIELDS, **data}
     missing = [n for n in names if n not in data]
     if missing:
         raise DataError(f"{where}: missing field {missing[0]!r}" + (f" (also {', '.join(missing[1:])})" if missing[1:] else ""))
@@ -233,6 +240,9 @@ def read_job(path: str | Path) -> TrainingJob:
     seed = typed("seed", (int,), "an integer")
     write_confidence = typed("write_confidence", (bool,), "true or false")
     predict_unlabeled = typed("predict_unlabeled", (bool,), "true or false")
+    overwrite = typed("overwrite", (bool,), "true or false")
+    if overwrite and resume:
+        raise bad("overwrite", "and 'resume' are both true: choose one")
 
     return TrainingJob(
         version=version,
@@ -248,4 +258,5 @@ def read_job(path: str | Path) -> TrainingJob:
         seed=seed,
         write_confidence=write_confidence,
         predict_unlabeled=predict_unlabeled,
+        overwrite=overwrite,
     )

@@ -256,15 +256,19 @@ class WorkerProcess:
             return {"event": "error", "message": "worker exited without reporting a result (exit code 0)",
                     "type": "WorkerCrash", "exit_code": EXIT_UNEXPECTED, "synthesized": True}
         detail = f": {tail}" if tail else " (no error output)"
+        event: dict[str, Any] = {"event": "error", "type": "WorkerCrash", "returncode": code, "synthesized": True}
         if code < 0:
             try:
                 sig = signal.Signals(-code).name
             except ValueError:
                 sig = f"signal {-code}"
+            event["signal"] = sig
             message = f"worker was killed by {sig}{detail}"
         else:
             message = f"worker exited with code {code}{detail}"
-        return {"event": "error", "message": message, "type": "WorkerCrash", "exit_code": code, "synthesized": True}
+        # the protocol's codes only (a signal's -9 or a launcher's 137 is reported as unexpected, 1)
+        known = (EXIT_UNEXPECTED, EXIT_BAD_INPUT, EXIT_TRAINING, EXIT_CANCELLED)
+        return {**event, "message": message, "exit_code": code if code in known else EXIT_UNEXPECTED}
 
     def wait_events(self, timeout: float | None = None, interval: float = 0.05) -> Iterator[dict[str, Any]]:
         """Yield events as they arrive until the worker has finished (or ``timeout`` seconds passed)."""

@@ -692,6 +692,7 @@ def write_training_job(
     write_confidence: bool = False,
     predict_unlabeled: bool = True,
     file_suffix: str = ".nrrd",
+    overwrite: bool = False,
 ) -> Path:
     """Export nodes as a generic dataset + job.json + nodes.json in ``job_dir``; return job.json's path.
 
@@ -810,6 +811,7 @@ def write_training_job(
         seed=int(seed),
         write_confidence=bool(write_confidence),
         predict_unlabeled=bool(predict_unlabeled),
+        overwrite=bool(overwrite),
     )
     mapping = {
         "version": 1,

@@ -14,9 +14,18 @@ else (warnings, library logs, tracebacks) goes to stderr.  Events, in order::
   or {"event": "error", "message", "type", "exit_code"}
   or {"event": "cancelled", "message", "checkpoint", "resumable", "exit_code": 4}
 
-Exit codes: 0 done, 1 unexpected error, 2 bad input (job, data, device, model file, output folder),
-3 training error (NaN loss), 4 cancelled by SIGTERM/SIGINT or the stop file (``<job>.stop``) after
-saving a checkpoint: a job with ``"resume": true`` continues from it.
+Exit codes (every ``exit_code`` an event or the process can carry):
+
+- 0 done;
+- 1 unexpected error (a bug): the message says where the traceback was logged (``<job>.error.log``);
+  the runner also reports 1 for a worker killed from outside (e.g. SIGKILL, out of memory), with the
+  signal's name in the event's ``signal`` field;
+- 2 bad input: job, data, device, model file, output folder, or a run folder that holds another run /
+  is locked by another training;
+- 3 training error (NaN loss);
+- 4 cancelled by SIGTERM/SIGINT or the stop file (``<job>.stop``) after saving a checkpoint: a job
+  with ``"resume": true`` continues from it.  A stop file older than the worker process is left over
+  from an earlier run: it is removed at start and does not cancel this one.
 """
 
 from __future__ import annotations
@@ -86,6 +95,24 @@ class StopFlag:
         self._event = threading.Event()
         self._last_check = 0.0
 
+    def clear_stale(self, started: float, slack: float = 1.0) -> bool:
+        """Remove a stop file written before ``started`` (this process's start, epoch seconds): it was
+        meant for an earlier run of the job.  Returns True when one was removed.
+
+        A stop file written after the process started (a cancel while the worker was still importing)
+        is kept and honoured; ``slack`` absorbs the coarse clock of process start times.
+        """
+        if self.stop_file is None:
+            return False
+        try:
+            written = self.stop_file.stat().st_mtime
+        except OSError:
+            return False
+        if written >= started - slack:
+            return False
+        self.stop_file.unlink(missing_ok=True)
+        return True
+
     def set(self, reason: str) -> None:
         if not self._event.is_set():
             self.signal_name = reason
@@ -119,12 +146,12 @@ class _Cancelled(Exception):
 
 
 def _exit_code_for(exc: BaseException) -> int:
-    from ACTIONPlusPlusLib.errors import DataError, ModelFileError, TrainingError
+    from ACTIONPlusPlusLib.errors import ActionError, TrainingError
 
-    if isinstance(exc, (DataError, ModelFileError, PermissionError, FileNotFoundError)):
-        return EXIT_BAD_INPUT
     if isinstance(exc, TrainingError):
         return EXIT_TRAINING
+    if isinstance(exc, (ActionError, OSError)):  # OSError: unwritable, missing, disk full
+        return EXIT_BAD_INPUT
     return EXIT_UNEXPECTED
 
 
@@ -161,7 +188,7 @@ def _prediction_inputs(job: Any) -> list[Path]:
 
 def _predict_all(job: Any, model_path: Path, device: Any, emit: Callable[[dict[str, Any]], None],
                  should_stop: Callable[[], bool]) -> list[str]:
-    from ACTIONPlusPlusLib.data.imageio import read_case, split_suffix, write_image, write_label
+    from ACTIONPlusPlusLib.data.imageio import PREDICTION_NOTE, read_case, split_suffix, write_image, write_label
     from ACTIONPlusPlusLib.inference import predict_case
     from ACTIONPlusPlusLib.model_io import load_model
 
@@ -188,13 +215,14 @@ def _predict_all(job: Any, model_path: Path, device: Any, emit: Callable[[dict[s
         result = predict_case(model, case, cfg, device=device, return_probabilities=job.write_confidence,
                               normalize_input=True)
         suffix = suffix if suffix in (".nrrd", ".nii.gz", ".nii", ".mha") else ".nrrd"
-        output = write_label(out_dir / f"{case_id}{suffix}", result.labels, case)
+        output = write_label(out_dir / f"{case_id}{suffix}", result.labels, case, note=PREDICTION_NOTE)
         event: dict[str, Any] = {"event": "prediction", "input": str(path), "output": str(output), "case": case_id,
                                  "index": index, "total": len(inputs),
                                  "seconds": round(time.perf_counter() - started, 3)}
         if job.write_confidence and result.probabilities is not None:
             confidence = result.probabilities.max(axis=0).astype("float32")
-            event["confidence"] = str(write_image(out_dir / f"{case_id}_confidence{suffix}", confidence, case))
+            event["confidence"] = str(write_image(out_dir / f"{case_id}_confidence{suffix}", confidence, case,
+                                                  note=PREDICTION_NOTE))
         outputs.append(str(output))
         emit(event)
     return outputs
@@ -239,12 +267,17 @@ def run(job_path: Path, emit: Callable[[dict[str, Any]], None], should_stop: Sto
         for note in dataset.notes:
             emit({"event": "warning", "message": note})
         if should_stop():
-            emit({"event": "cancelled", "message": "cancelled before training started; nothing to resume",
-                  "checkpoint": None, "resumable": False, "exit_code": EXIT_CANCELLED})
+            saved = checkpoint.is_file()
+            emit({"event": "cancelled",
+                  "message": "cancelled before training started; "
+                             + (f"the run's checkpoint {checkpoint} is unchanged: a job with \"resume\": true "
+                                "continues from it" if saved else "nothing to resume"),
+                  "checkpoint": str(checkpoint) if saved else None, "resumable": saved,
+                  "exit_code": EXIT_CANCELLED})
             return EXIT_CANCELLED
         result = train(cfg, dataset.labeled, dataset.unlabeled, job.output_dir, callback=emit,
                        resume=job.resume, init_model=model_path if job.mode == "continue" else None,
-                       should_stop=should_stop, device=device)
+                       should_stop=should_stop, device=device, overwrite=job.overwrite)
         if result.stopped:
             emit({"event": "cancelled",
                   "message": f"training was cancelled ({should_stop.signal_name or 'stop requested'}) after "
@@ -295,6 +328,16 @@ def _private_event_stream() -> tuple[IO[str], Callable[[], None]]:
     return stream, restore
 
 
+def _process_start_time() -> float:
+    """When this process started (epoch seconds): psutil's record, else now (imports already ran)."""
+    try:
+        import psutil
+
+        return float(psutil.Process().create_time())
+    except Exception:  # noqa: BLE001 - psutil missing or the OS refuses: fall back to now
+        return time.time()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: ``argv`` = ``[JOB.json]``.  Returns the exit code (the caller exits with it)."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -312,6 +355,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     should_stop = StopFlag(stop_file_for(job_path))
     should_stop.install()
+    if should_stop.clear_stale(_process_start_time()):
+        sys.stderr.write(f"worker: removed {should_stop.stop_file}, left over from an earlier run of this job\n")
     try:
         return run(job_path, emit, should_stop)
     except KeyboardInterrupt:
@@ -322,11 +367,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(exc, SystemExit):
             raise
         code = _exit_code_for(exc)
-        if code == EXIT_BAD_INPUT:  # the message says it all; a traceback would only alarm the user
+        message = _message_for(exc)
+        if code in (EXIT_BAD_INPUT, EXIT_TRAINING):  # the message says it all; a traceback would only alarm
             sys.stderr.write(f"worker: {type(exc).__name__}: {exc}\n")
         else:
+            from ACTIONPlusPlusLib.io_utils import write_traceback_log
+
             traceback.print_exc(file=sys.stderr)
-        emit({"event": "error", "message": _message_for(exc), "type": type(exc).__name__, "exit_code": code})
+            log = write_traceback_log(exc, [job_path.parent], name=job_path.stem + ".error.log")
+            if log is not None:
+                message += f" (traceback in {log})"
+        emit({"event": "error", "message": message, "type": type(exc).__name__, "exit_code": code})
         return code
     finally:
         sys.stdout = original_stdout

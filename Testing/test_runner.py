@@ -92,9 +92,24 @@ def test_crash_becomes_error_event_with_stderr(tmp_path):
     worker = WorkerProcess(job_file(tmp_path), script=script).start()
     events = list(worker.wait_events(timeout=60))
     error = events[-1]
-    assert error["event"] == "error" and error["exit_code"] == 7
+    # 7 is not a protocol code: reported as unexpected (1), the process's own status kept beside it
+    assert error["event"] == "error" and error["exit_code"] == 1 and error["returncode"] == 7
     assert "worker exited with code 7" in error["message"] and "boom in the worker" in error["message"]
-    assert worker.returncode == 7
+    assert worker.returncode == 7 and worker.exit_code == 1
+
+
+def test_killed_worker_reports_a_protocol_exit_code(tmp_path):
+    """An external SIGKILL (e.g. the OOM killer): exit code 1 with the signal named, never -9."""
+    script = fake_worker(tmp_path, """
+        emit(event="start")
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    worker = WorkerProcess(job_file(tmp_path), script=script).start()
+    events = list(worker.wait_events(timeout=60))
+    error = events[-1]
+    assert error["event"] == "error" and error["exit_code"] == 1 and error["signal"] == "SIGKILL"
+    assert "killed by SIGKILL" in error["message"]
+    assert worker.returncode == -signal.SIGKILL and worker.exit_code == 1
 
 
 def test_reported_error_is_not_duplicated(tmp_path):

@@ -107,7 +107,7 @@ def main() -> int:
             run_dir = args.out / f"seed{seed}" / mode
             started = time.perf_counter()
             result = train(run_cfg, train_set.labeled, train_set.unlabeled if mode == "actionpp" else [], run_dir,
-                           callback=progress_printer(name))
+                           callback=progress_printer(name), overwrite=True)
             seconds = time.perf_counter() - started
             model, model_cfg = load_model(result.model_path)
             evaluation = evaluate_cases(model, model_cfg, val)

@@ -75,7 +75,7 @@ def main() -> int:
             run_cfg = base.replace(mode=mode, seed=seed, **(overrides if mode == "actionpp" else {}))
             started = time.perf_counter()
             result = train(run_cfg, labeled, unlabeled if mode == "actionpp" else [], args.out / f"seed{seed}" / mode,
-                           callback=progress_printer(name))
+                           callback=progress_printer(name), overwrite=True)
             seconds = time.perf_counter() - started
             model, model_cfg = load_model(result.model_path)
             evaluation = evaluate_cases(model, model_cfg, test)

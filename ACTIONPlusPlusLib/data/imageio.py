@@ -8,7 +8,10 @@ same folder (SimpleITK picks the format from the suffix) and renamed over the ta
 
 from __future__ import annotations
 
+import gzip
 import os
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +27,11 @@ IMAGE_SUFFIXES: tuple[str, ...] = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".mh
 WRITE_SUFFIXES: tuple[str, ...] = IMAGE_SUFFIXES
 
 _EXTENT_TOLERANCE_VOXELS = 0.5
+
+#: Written into every prediction's header (NIfTI ``descrip``, NRRD/MHA key ``ITK_FileNotes``) so that a
+#: later predict never segments our own outputs.
+PREDICTION_NOTE = "ACTION++ prediction"
+_NOTE_KEY = "ITK_FileNotes"
 
 
 def split_suffix(name: str | Path) -> tuple[str, str]:
@@ -44,14 +52,105 @@ def has_image_suffix(path: str | Path) -> bool:
 # reading
 
 
+# NIfTI datatype codes -> numpy dtypes of the voxels whose raw values can be NaN/Inf
+_NIFTI_FLOATS = {16: "f4", 64: "f8", 32: "f4", 1792: "f8"}  # float32, float64, complex64/128 (as pairs)
+
+
+def _nifti_bytes(path: Path) -> bytes:
+    """The whole (decompressed) NIfTI file; a DataError when a .gz stream is cut short or damaged.
+
+    SimpleITK reads a truncated ``.nii.gz`` without complaint and fills the missing voxels with 0, so
+    the stream is read to its end here: gzip checks the end-of-stream marker, the CRC and the length.
+    """
+    try:
+        if path.name.lower().endswith(".gz"):
+            with gzip.open(path, "rb") as handle:
+                return handle.read()
+        return path.read_bytes()
+    except EOFError as exc:
+        raise DataError(f"{path}: is truncated (the compressed data ends before its end marker); "
+                        "the file was probably cut off while copying or downloading") from exc
+    except (gzip.BadGzipFile, zlib.error) as exc:
+        raise DataError(f"{path}: the compressed data is damaged ({exc})") from exc
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from exc
+
+
+def _verify_nifti(path: Path) -> None:
+    """Check a NIfTI file's raw voxels: as many as the header announces, and none NaN/Inf.
+
+    The raw values are checked because SimpleITK's NIfTI reader turns NaN/Inf into 0, which would
+    slip past every later check.
+    """
+    data = _nifti_bytes(path)
+    if len(data) < 4:
+        raise DataError(f"{path}: is empty or truncated ({len(data)} bytes)")
+    for order in ("<", ">"):
+        size = struct.unpack(order + "i", data[:4])[0]
+        if size in (348, 540):
+            break
+    else:
+        return  # not a NIfTI header we know: leave it to SimpleITK
+    if len(data) < size:
+        raise DataError(f"{path}: is truncated ({len(data)} bytes, shorter than its {size}-byte header)")
+    if size == 348:
+        dims = struct.unpack(order + "8h", data[40:56])
+        datatype, bitpix = struct.unpack(order + "hh", data[70:74])
+        offset = int(struct.unpack(order + "f", data[108:112])[0]) or 352
+    else:
+        datatype, bitpix = struct.unpack(order + "hh", data[12:16])
+        dims = struct.unpack(order + "8q", data[16:80])
+        offset = int(struct.unpack(order + "q", data[168:176])[0]) or 544
+    rank = dims[0]
+    if not 1 <= rank <= 7 or bitpix <= 0:
+        return
+    count = int(np.prod([max(int(d), 1) for d in dims[1 : rank + 1]], dtype=np.int64))
+    needed = offset + count * bitpix // 8
+    if len(data) < needed:
+        raise DataError(
+            f"{path}: is truncated: it holds {len(data) - offset} bytes of voxel data but its header announces "
+            f"{needed - offset} ({count} voxels); the file was probably cut off while copying")
+    kind = _NIFTI_FLOATS.get(int(datatype))
+    if kind is not None:
+        values = np.frombuffer(data, dtype=np.dtype(order + kind), count=count * (2 if datatype in (32, 1792) else 1),
+                               offset=offset)
+        bad = int(values.size - np.count_nonzero(np.isfinite(values)))
+        if bad:
+            raise DataError(f"{path}: has {bad} NaN/Inf voxel value(s); fix or mask them before using the image")
+
+
 def _read_sitk(path: Path) -> sitk.Image:
     if not path.is_file():
         raise DataError(f"image file not found: {path}")
+    if split_suffix(path)[1].lower() in (".nii", ".nii.gz"):
+        _verify_nifti(path)
     try:
         return sitk.ReadImage(str(path))
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown error"
         raise DataError(f"cannot read {path}: {first}") from exc
+
+
+def _check_finite(array: np.ndarray, path: Path) -> None:
+    """NaN/Inf in any format, before normalisation (min-max of an image with one NaN is all zeros)."""
+    if np.issubdtype(array.dtype, np.floating) or np.iscomplexobj(array):
+        bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+        if bad:
+            raise DataError(f"{path}: has {bad} NaN/Inf voxel value(s); fix or mask them before using the image")
+
+
+def is_prediction_file(path: str | Path) -> bool:
+    """True when the file's header carries :data:`PREDICTION_NOTE` (a segmentation we wrote)."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return False
+    for key in (_NOTE_KEY, "descrip"):
+        if reader.HasMetaDataKey(key) and reader.GetMetaData(key).strip().startswith(PREDICTION_NOTE):
+            return True
+    return False
 
 
 def _as_scalar_3d(image: sitk.Image, path: Path) -> sitk.Image:
@@ -154,6 +253,7 @@ def read_case(path: str | Path, case_id: str | None = None, label_path: str | Pa
     array = sitk.GetArrayFromImage(image)
     if np.iscomplexobj(array):
         raise DataError(f"{path}: has complex pixels; only real-valued images are supported")
+    _check_finite(array, path)
     label_array = None
     if label_path is not None:
         label_path = Path(label_path)
@@ -203,8 +303,10 @@ def to_sitk(array: np.ndarray, like: Case | None = None) -> sitk.Image:
     return image
 
 
-def _write_sitk(image: sitk.Image, path: Path) -> Path:
+def _write_sitk(image: sitk.Image, path: Path, note: str | None = None) -> Path:
     path = Path(path)
+    if note is not None:
+        image.SetMetaData(_NOTE_KEY, note)  # NIfTI: descrip (80 chars), NRRD/MHA: a header field
     stem, suffix = split_suffix(path)
     if suffix not in WRITE_SUFFIXES:
         raise DataError(f"cannot write {path}: use one of {', '.join(WRITE_SUFFIXES)}")
@@ -223,17 +325,19 @@ def _write_sitk(image: sitk.Image, path: Path) -> Path:
     return atomic_write(path, write)
 
 
-def write_image(path: str | Path, array: np.ndarray, like: Case | None) -> Path:
-    """Write a (z, y, x) image (float32 unless it is an integer array) with ``like``'s geometry."""
+def write_image(path: str | Path, array: np.ndarray, like: Case | None, note: str | None = None) -> Path:
+    """Write a (z, y, x) image (float32 unless it is an integer array) with ``like``'s geometry.
+
+    ``note`` goes into the header (:data:`PREDICTION_NOTE` marks our outputs)."""
     array = np.asarray(array)
     if not np.issubdtype(array.dtype, np.integer):
         array = array.astype(np.float32, copy=False)
-    return _write_sitk(to_sitk(array, like), Path(path))
+    return _write_sitk(to_sitk(array, like), Path(path), note)
 
 
-def write_label(path: str | Path, labels: np.ndarray, like: Case | None) -> Path:
-    """Write a (z, y, x) uint8 label map with ``like``'s geometry (NIfTI or NRRD by suffix)."""
+def write_label(path: str | Path, labels: np.ndarray, like: Case | None, note: str | None = None) -> Path:
+    """Write a (z, y, x) uint8 label map with ``like``'s geometry (NIfTI, NRRD or MHA by suffix)."""
     labels = np.asarray(labels)
     if labels.dtype != np.uint8:
         labels = _check_integer_labels(labels, Path(path))
-    return _write_sitk(to_sitk(labels, like), Path(path))
+    return _write_sitk(to_sitk(labels, like), Path(path), note)

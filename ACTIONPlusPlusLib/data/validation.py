@@ -130,9 +130,13 @@ def validate_training_cases(
             "no unlabeled cases: ACTION++ needs unlabeled images; add some or train in supervised-only mode"
         )
     totals = np.zeros(cfg.num_classes, dtype=np.int64)
+    background_only: list[Case] = []
     for case in labeled:
         _check_image(case)
-        totals += _label_counts(case, cfg.num_classes)
+        counts = _label_counts(case, cfg.num_classes)
+        if counts[1:].sum() == 0 and np.asarray(case.image).shape[0] > 1:  # a whole volume, not one of
+            background_only.append(case)  # a benchmark's 2D slices (apex and base slices have none)
+        totals += counts
     for case in unlabeled:
         _check_image(case)
     if totals[1:].sum() == 0:
@@ -140,6 +144,11 @@ def validate_training_cases(
             f"the {len(labeled)} labeled case(s) contain no foreground at all (every label is 0), "
             f"e.g. {_name(labeled[0])}"
         )
+    if background_only:  # legal (a scan without the structure) but more often a wrong or empty label file
+        names = ", ".join(_name(c) for c in background_only[:5]) + (", ..." if len(background_only) > 5 else "")
+        warnings.append(
+            f"{len(background_only)} of {len(labeled)} labeled case(s) have an all-background label (no "
+            f"{'/'.join(cfg.foreground_names)} voxel): {names}; check that the right label file is paired")
     missing = [cfg.class_names[c] if c < len(cfg.class_names) else str(c)
                for c in range(1, cfg.num_classes) if totals[c] == 0]
     if missing:

@@ -180,6 +180,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None,
             **self._rng_state(),
             "world_size": dist_utils.world_size(),
+            "dataset": getattr(self, "dataset_fingerprint", None),  # run_folder: --resume on other data is refused
         }
 
     def _rng_state(self) -> dict[str, Any]:
@@ -373,16 +374,19 @@ def _load_init_weights(trainer: Trainer, init_model: Path) -> None:
 
 def train(cfg: Config, labeled: list[Case], unlabeled: list[Case], out_dir: str | Path,
           callback: Callback | None = None, resume: bool | str | Path = False, init_model: str | Path | None = None,
-          should_stop: Callable[[], bool] | None = None, device: torch.device | None = None) -> TrainResult:
+          should_stop: Callable[[], bool] | None = None, device: torch.device | None = None,
+          overwrite: bool = False) -> TrainResult:
     """Train ACTION++ (or the supervised baseline) and write ``model.pt`` into ``out_dir``.
 
     ``resume`` (True = ``out_dir/checkpoint.pt``, or a path) continues an interrupted run exactly;
     ``init_model`` warm-starts the network from a previous model (the annotate-train-predict loop);
     ``should_stop`` is polled every iteration (the worker's SIGTERM flag): the run then saves a checkpoint
     and returns with ``stopped=True``.  Bad input raises :class:`DataError` before any training.
+    A folder that holds a run is refused unless ``resume`` or ``overwrite`` (training/run_folder.py).
     """
     from ..data.validation import validate_training_cases
     from ..model_io import save_model
+    from . import run_folder
 
     out_dir = Path(out_dir)
     check_writable_dir(out_dir)
@@ -392,35 +396,45 @@ def train(cfg: Config, labeled: list[Case], unlabeled: list[Case], out_dir: str 
     for message in warnings:
         if callback is not None and dist_utils.is_main_process():
             callback({"event": "warning", "message": message})
-    checkpoint_path = out_dir / CHECKPOINT_NAME
-    resume_path: Path | None = None
-    if resume:
-        resume_path = checkpoint_path if resume is True else Path(resume)
-        state = load_checkpoint(resume_path, map_location="cpu")
-        saved = Config.from_dict(state["config"])
-        # the user may change runtime options on resume, not the method
-        runtime = {"device", "log_every", "checkpoint_every", "num_threads"}
-        diff = [k for k, v in saved.to_dict().items() if k not in runtime and cfg.to_dict()[k] != v]
-        if diff:
-            raise DataError(f"cannot resume from {resume_path}: the config differs in {', '.join(diff)}")
-    config_path = out_dir / "config.json"
-    if dist_utils.is_main_process():
-        cfg.save(config_path)
-    trainer = Trainer(cfg, labeled, unlabeled, out_dir, callback, device=device)
-    if dist_utils.is_distributed():
-        from .distributed_setup import wrap_for_ddp
+    run = run_folder.RunFolder(out_dir, resume=bool(resume), overwrite=overwrite)
+    run.claim()  # refuses a folder holding a run, locks it, removes orphaned temp files
+    try:
+        checkpoint_path = out_dir / CHECKPOINT_NAME
+        fingerprint = run_folder.dataset_fingerprint(labeled, unlabeled)
+        resume_path: Path | None = None
+        if resume:
+            resume_path = checkpoint_path if resume is True else Path(resume)
+            state = load_checkpoint(resume_path, map_location="cpu")
+            saved = Config.from_dict(state["config"])
+            # the user may change runtime options on resume, not the method
+            runtime = {"device", "log_every", "checkpoint_every", "num_threads"}
+            diff = [k for k, v in saved.to_dict().items() if k not in runtime and cfg.to_dict()[k] != v]
+            if diff:
+                raise DataError(f"cannot resume from {resume_path}: the config differs in {', '.join(diff)}")
+            run_folder.check_resume_data(state, fingerprint, resume_path)
+        trainer = Trainer(cfg, labeled, unlabeled, out_dir, callback, device=device)
+        trainer.dataset_fingerprint = fingerprint
+        if dist_utils.is_distributed():
+            from .distributed_setup import wrap_for_ddp
 
-        wrap_for_ddp(trainer)
-        if should_stop is not None:
-            should_stop = dist_utils.agreed(should_stop)  # all ranks stop at the same iteration
-    if resume_path is not None:
-        trainer.load_state_dict(load_checkpoint(resume_path, map_location="cpu"))
-    elif init_model is not None:
-        _load_init_weights(trainer, Path(init_model))
-    stopped = trainer.run(should_stop)
-    model_path = None
-    if not stopped and dist_utils.is_main_process():
-        exported = trainer.teacher if cfg.mode == "actionpp" and cfg.export_weights == "teacher" else trainer.student
-        model_path = save_model(out_dir / MODEL_NAME, exported, cfg, iterations=trainer.tracker.overall_total)
-    dist_utils.barrier()
+            wrap_for_ddp(trainer)
+            if should_stop is not None:
+                should_stop = dist_utils.agreed(should_stop)  # all ranks stop at the same iteration
+        if resume_path is not None:
+            trainer.load_state_dict(load_checkpoint(resume_path, map_location="cpu"))
+        elif init_model is not None:
+            _load_init_weights(trainer, Path(init_model))
+        config_path = run.accept(cfg)  # accepted: only now is config.json (re)written
+        try:
+            stopped = trainer.run(should_stop)
+        except TrainingError as exc:
+            raise run.training_error(exc) from exc
+        model_path = None
+        if not stopped and dist_utils.is_main_process():
+            exported = trainer.teacher if cfg.mode == "actionpp" and cfg.export_weights == "teacher" else trainer.student
+            model_path = save_model(out_dir / MODEL_NAME, exported, cfg, iterations=trainer.tracker.overall_total,
+                                    dataset=fingerprint)
+        dist_utils.barrier()
+    finally:
+        run.release()
     return TrainResult(model_path, checkpoint_path, config_path, stopped, trainer._overall(), warnings)
