@@ -31,6 +31,16 @@ def demo_config(quick: bool = False, device: str = "auto"):
     )
 
 
+DEMO_SEED = 7
+
+
+def demo_dataset(seed: int = DEMO_SEED):
+    """The demo's phantoms: 2 labeled, 10 unlabeled and 4 held-out volumes (deterministic per seed)."""
+    from .data.phantoms import cardiac_phantom_dataset
+
+    return cardiac_phantom_dataset(num_labeled=2, num_unlabeled=10, num_test=4, seed=seed)
+
+
 def _overlay_png(path: Path, image: np.ndarray, truth: np.ndarray, pred: np.ndarray) -> Path:
     """Image | truth | prediction side by side, labels blended in the Slicer segment colours."""
     import SimpleITK as sitk
@@ -52,9 +62,8 @@ def _overlay_png(path: Path, image: np.ndarray, truth: np.ndarray, pred: np.ndar
     return path
 
 
-def run_demo(out: Path, quick: bool = False, device: str = "auto", seed: int = 7) -> int:
+def run_demo(out: Path, quick: bool = False, device: str = "auto", seed: int = DEMO_SEED) -> int:
     from .data.imageio import write_label
-    from .data.phantoms import cardiac_phantom_dataset
     from .evaluation import evaluate_cases
     from .metrics import format_table
     from .model_io import load_model
@@ -62,7 +71,7 @@ def run_demo(out: Path, quick: bool = False, device: str = "auto", seed: int = 7
 
     out = Path(out)
     cfg = demo_config(quick, device)
-    data = cardiac_phantom_dataset(num_labeled=2, num_unlabeled=10, num_test=4, seed=seed)
+    data = demo_dataset(seed)
     print(f"phantom data: {len(data.labeled)} labeled, {len(data.unlabeled)} unlabeled, {len(data.test)} test volumes "
           f"({sum(c.image.shape[0] for c in data.labeled)} labeled slices)", file=sys.stderr)
     results = {}

@@ -1,5 +1,8 @@
 """Shared fixtures. Real data lives in ../shared/data beside the checkout; tests that need it skip
-with a clear message when it is absent (a user's fresh clone has no ../shared)."""
+with a clear message when it is absent (a user's fresh clone has no ../shared).
+
+Under CI (``CI=true``; ``.ci/run`` sets it) a skip fails the run unless ``Testing/allowed_skips.txt``
+lists it: see ``Testing/strict_skips.py``."""
 
 from __future__ import annotations
 
@@ -8,6 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
+
+pytest_plugins = ("strict_skips",)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("ACTIONPP_SHARED_DATA", REPO.parent / "shared" / "data"))

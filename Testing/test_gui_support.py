@@ -143,9 +143,15 @@ def test_job_options_are_accepted_by_write_training_job(tmp_path):
     from ACTIONPlusPlusLib import scene as bridge
 
     accepted = gs.accepted_keywords(bridge.write_training_job)
-    options = gs.build_job_options(gs.PanelSettings(output_root=str(tmp_path)))
-    assert accepted is None or set(options) <= accepted, set(options) - (accepted or set())
-    assert accepted is None or "output_dir" in accepted
+    # write_training_job spells out its keywords (no **kwargs): a renamed one must show here
+    assert isinstance(accepted, set), accepted
+    settings = gs.PanelSettings(preset="acdc", iterations_mode="quick", device="CPU", confidence=True,
+                                output_root=str(tmp_path))
+    options = gs.build_job_options(settings, gs.plan_run(settings))
+    assert set(options) <= accepted, set(options) - accepted
+    assert {"output_dir", "overrides", "device", "mode", "model", "resume"} <= accepted
+    kept, dropped = gs.adapt_options(options, accepted)
+    assert kept == options and dropped == []
 
 
 def test_call_with_supported_drops_unknown_keywords():
@@ -159,7 +165,18 @@ def test_call_with_supported_drops_unknown_keywords():
     assert gs.call_with_supported(new_api, ["a"], skip_packages=["torch"]) == (["a"], {"skip_packages": ["torch"]})
     kept, dropped = gs.adapt_options({"a": 1, "b": 2, "c": None}, {"a"})
     assert kept == {"a": 1} and dropped == ["b"]
-    assert gs.accepted_keywords(print) is None or isinstance(gs.accepted_keywords(print), set)
+
+    def explicit(a, b=1, *args, c, d=2):
+        return a
+
+    assert gs.accepted_keywords(old_api) == {"requirements", "prompt_install"}
+    assert gs.accepted_keywords(explicit) == {"a", "b", "c", "d"}  # not *args
+    assert gs.accepted_keywords(new_api) is None  # **kwargs: everything is accepted
+    assert gs.call_with_supported(explicit, 1, c=3, d=4, e=5) == 1
+    # no signature at all (some C callables): None, i.e. pass everything on
+    assert gs.accepted_keywords(object()) is None
+    kept, dropped = gs.adapt_options({"a": 1, "b": 2}, None)
+    assert kept == {"a": 1, "b": 2} and dropped == []
 
 
 # ------------------------------------------------------------------------------------------ disk space

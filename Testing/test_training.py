@@ -51,8 +51,10 @@ def _events(collected):
     return lambda event: collected.append(event)
 
 
-def test_acdc_both_stages_learn_and_predict_better_than_chance(cardiac, tmp_path):
-    cfg = tiny_acdc(pretrain_warmup_iterations=4, pretrain_joint_iterations=6, finetune_iterations=60, log_every=10)
+def test_acdc_both_stages_learn_to_segment_every_class(cardiac, tmp_path):
+    # lr 0.05 instead of the paper's 0.01: at 0.01 a 130-iteration run barely leaves chance level
+    cfg = tiny_acdc(pretrain_warmup_iterations=4, pretrain_joint_iterations=6, finetune_iterations=120, lr=0.05,
+                    log_every=10)
     events = []
     result = train(cfg, cardiac.labeled, cardiac.unlabeled, tmp_path, callback=_events(events))
     assert result.model_path is not None and result.model_path.is_file()
@@ -74,11 +76,14 @@ def test_acdc_both_stages_learn_and_predict_better_than_chance(cardiac, tmp_path
     assert min(e["temperature"]["anco"] for e in finetune) < 0.2
     model, model_cfg = load_model(result.model_path)
     evaluation = evaluate_cases(model, model_cfg, cardiac.test)
-    # chance: a uniformly random label map, scored the same way
+    # chance: a uniformly random label map, scored the same way (about 0.05 Dice on these phantoms)
     rng = np.random.default_rng(0)
     chance = summarize([case_metrics(rng.integers(0, 4, c.label.shape), c.label, 4, class_names=cfg.class_names)
                         for c in cardiac.test], cfg.class_names)["mean"]["dice"]
-    assert evaluation.summary["mean"]["dice"] > 1.5 * chance, (evaluation.summary["mean"], chance)
+    dice = {name: values["dice"] for name, values in evaluation.summary["per_class"].items()}
+    # measured: mean 0.61-0.64 (RV 0.75, Myo 0.32-0.35, LV 0.76-0.80) with 1 or 2 threads
+    assert evaluation.summary["mean"]["dice"] > max(0.45, 5 * chance), (dice, chance)
+    assert all(dice[name] > 0.15 for name in ("RV", "Myo", "LV")), dice
 
 
 def test_la_both_stages_run_and_write_checkpoints(atrium, tmp_path):
@@ -129,13 +134,46 @@ def test_resume_refuses_a_different_method_config(cardiac, tmp_path):
 def test_nan_loss_stops_with_last_good_checkpoint(cardiac, tmp_path):
     cfg = tiny_acdc(lr=1e12, log_every=1, checkpoint_every=2, pretrain_warmup_iterations=0,
                     pretrain_joint_iterations=0, finetune_iterations=50)
-    with pytest.raises(TrainingError, match="NaN"):
+    with pytest.raises(TrainingError, match="NaN") as info:
         train(cfg, cardiac.labeled, cardiac.unlabeled, tmp_path)
-    checkpoint = tmp_path / "checkpoint.pt"
-    if checkpoint.exists():  # whatever was saved before the divergence is intact and finite
-        state = load_checkpoint(checkpoint)
-        assert all(torch.isfinite(v).all() for v in state["student"].values() if v.is_floating_point())
+    assert str(tmp_path / "checkpoint.pt") in str(info.value) and "lower learning rate" in str(info.value)
     assert not (tmp_path / "model.pt").exists()
+
+
+def test_nan_weights_never_replace_the_last_good_checkpoint(cardiac, tmp_path, monkeypatch):
+    """The weights turn NaN in the 6th optimizer step.  Progress is logged only at the end, so what stops
+    training is the check in front of the checkpoint of that iteration: the one of iteration 4 stays,
+    finite, and training resumes from it to the end."""
+    cfg = tiny_acdc(log_every=1000, checkpoint_every=2, pretrain_warmup_iterations=0, pretrain_joint_iterations=0,
+                    finetune_iterations=12)
+    original_step = torch.optim.SGD.step
+    steps = []
+
+    def poisoned_step(self, *args, **kwargs):
+        result = original_step(self, *args, **kwargs)
+        steps.append(1)
+        if len(steps) == 6:
+            with torch.no_grad():
+                for group in self.param_groups:
+                    for param in group["params"]:
+                        param.fill_(float("nan"))
+        return result
+
+    events = []
+    monkeypatch.setattr(torch.optim.SGD, "step", poisoned_step)
+    with pytest.raises(TrainingError, match="NaN"):
+        train(cfg, cardiac.labeled, cardiac.unlabeled, tmp_path, callback=_events(events))
+    monkeypatch.undo()
+    assert len(steps) == 6  # stopped at the first save after the poisoning, not at the end of the stage
+    assert [e["iteration"] for e in events if e["event"] == "checkpoint"] == [2, 4]
+    state = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert (state["phase"], state["iteration"]) == ("finetune", 4)
+    for part in ("student", "teacher"):
+        assert all(torch.isfinite(v).all() for v in state[part].values() if v.is_floating_point()), part
+    assert not (tmp_path / "model.pt").exists()
+    resumed = train(cfg, cardiac.labeled, cardiac.unlabeled, tmp_path, resume=True)
+    weights = torch.load(resumed.model_path, weights_only=True)["state_dict"]
+    assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
 
 
 def test_supervised_only_needs_no_unlabeled(cardiac, tmp_path):
