@@ -17,14 +17,12 @@ from .config import preset
 
 
 def demo_config(quick: bool = False, device: str = "auto"):
-    # A small 2D protocol that a laptop CPU finishes in a few minutes: 64x64 patches, fewer iterations.
-    iters = (8, 8, 16) if quick else (100, 100, 300)
+    # A small 2D protocol that a laptop CPU finishes in a few minutes: 64x64 patches and a short budget
+    # (the panel's quick budget, laid out by budget.py like any other).
     return preset(
         "acdc",
         patch_size=[64, 64],
-        pretrain_warmup_iterations=iters[0],
-        pretrain_joint_iterations=iters[1],
-        finetune_iterations=iters[2],
+        budget_iterations=32 if quick else 500,
         local_window=16, local_stride=8, local_pool=4,
         anco_queries=64, anco_negatives=128, saacl_anchors_per_class=64, saacl_queue_size=2048,
         log_every=5, checkpoint_every=10_000, device=device,
@@ -87,7 +85,9 @@ def run_demo(out: Path, quick: bool = False, device: str = "auto", seed: int = D
                       f"ETA {event['eta_seconds']:.0f}s", file=sys.stderr)
 
         print(f"training {name} ({run_cfg.total_iterations} iterations) ...", file=sys.stderr)
-        result = train(run_cfg, data.labeled, data.unlabeled if mode == "actionpp" else [], out / mode, callback=report)
+        # the demo owns its output folder: a re-run moves the previous run aside (never deletes it)
+        result = train(run_cfg, data.labeled, data.unlabeled if mode == "actionpp" else [], out / mode, callback=report,
+                       overwrite=True)
         model, model_cfg = load_model(result.model_path)
         evaluation = evaluate_cases(model, model_cfg, data.test, keep_predictions=True)
         results[name] = (evaluation, time.perf_counter() - started)
