@@ -185,8 +185,9 @@ class ACTIONPlusPlusParameterNode:
 class _ActiveRun:
     """The worker the panel is watching, with what it reported so far."""
 
-    def __init__(self, worker: Any, jobPath: Path, kind: str, confidence: bool) -> None:
+    def __init__(self, worker: Any, jobPath: Path, kind: str, confidence: bool, preset: str = "la") -> None:
         self.worker = worker
+        self.preset = preset
         self.jobPath = Path(jobPath)
         self.kind = kind  # "train" | "predict"
         self.confidence = confidence
@@ -265,7 +266,12 @@ class ACTIONPlusPlusWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.addAsLabeledButton.connect("clicked(bool)", self.onAddAsLabeled)
         self.ui.openOutputFolderButton.connect("clicked(bool)", self.onOpenOutputFolder)
         self.ui.loadSampleDataButton.connect("clicked(bool)", self.onLoadSampleData)
-        self.ui.lossPlotWidget.setMRMLScene(slicer.mrmlScene)
+        # the live chart: Slicer's plot widget (created here, the .ui holds its container) on a plot view
+        # node of our own, pointed at the running job's chart nodes
+        self.plotWidget = slicer.qMRMLPlotWidget()
+        self.plotWidget.setMRMLScene(slicer.mrmlScene)
+        self.ui.lossChartContainer.layout().addWidget(self.plotWidget)
+        loadTerminology()  # also when the module is (re)loaded after start-up
 
         # the device list comes from a short-lived child process: torch is never imported into Slicer
         self._probeTimer = qt.QTimer()
@@ -321,7 +327,6 @@ class ACTIONPlusPlusWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 gui_support.close_during_run_question(run.kind, "scene"), windowTitle=_("ACTION++"))
             run.sceneClosed = True
             run.chart = None
-            self.ui.lossPlotWidget.setMRMLPlotChartNode(None)
             if cancel:
                 self.onCancel()
             else:
@@ -583,7 +588,7 @@ class ACTIONPlusPlusWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _startRun(self, jobPath: Path, kind: str) -> None:
         settings = self._panelSettings()
         worker = self.logic.startWorker(jobPath, settings.device)
-        self._run = _ActiveRun(worker, jobPath, kind, settings.confidence)
+        self._run = _ActiveRun(worker, jobPath, kind, settings.confidence, settings.preset)
         if kind == "train":
             from ACTIONPlusPlusLib import charts
 
@@ -637,7 +642,7 @@ class ACTIONPlusPlusWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         speed = run.tracker.seconds_per_iteration
         if run.kind == "train" and speed:
             device = (run.tracker.device or "cpu").split(":")[0]
-            self.logic.rememberSpeed(self._preset(), device, speed)  # the next estimate uses it
+            self.logic.rememberSpeed(run.preset, device, speed)  # the next estimate uses it
             self.updateEstimate()
         try:
             if code == 0 and run.sceneClosed:
@@ -695,7 +700,11 @@ class ACTIONPlusPlusWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if run is None or run.chart is None or self._parameterNode is None:
             return
         chart = run.chart.pseudo_labels if self._parameterNode.showPseudoLabels else run.chart.losses
-        self.ui.lossPlotWidget.setMRMLPlotChartNode(chart)
+        viewNode = self.plotWidget.mrmlPlotViewNode()
+        if viewNode is None or viewNode.GetScene() is None:
+            viewNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLPlotViewNode", "ACTION++ training plot view")
+            self.plotWidget.setMRMLPlotViewNode(viewNode)
+        viewNode.SetPlotChartNodeID(chart.GetID())
 
     def refreshDeviceInfo(self) -> None:
         """Ask a child process what torch sees (no torch in Slicer's process); the label updates when it answers."""

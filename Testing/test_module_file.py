@@ -335,7 +335,6 @@ def render_panel(path: Path | None = None, sample: bool = True):
         "ctkCollapsibleButton": QtWidgets.QGroupBox,
         "ctkCollapsibleGroupBox": QtWidgets.QGroupBox,
         "qMRMLWidget": QtWidgets.QWidget,
-        "qMRMLPlotWidget": QtWidgets.QLabel,  # drawn below from a recorded history (Slicer draws it with VTK)
     }
 
     class Loader(QtUiTools.QUiLoader):
@@ -406,7 +405,9 @@ def render_panel(path: Path | None = None, sample: bool = True):
         tracker = gui_support.ProgressTracker()
         for event in _sample_run():
             tracker.handle(event)
-        _draw_chart(find(QtWidgets.QLabel, "lossPlotWidget"), tracker.history, QtCore, QtGui)
+        chart = QtWidgets.QLabel()  # qMRMLPlotWidget, added by the module into its container, draws this with VTK
+        find(QtWidgets.QWidget, "lossChartContainer").layout().addWidget(chart)
+        _draw_chart(chart, tracker.history, QtCore, QtGui)
         log = find(QtWidgets.QPlainTextEdit, "logTextEdit")
         log.setPlainText("Worker started on cuda (torch 2.13.0)\nStage 1/2 pre-training (warm-up): 2500 iterations\n"
                          "Checkpoint saved: .../run/checkpoint_pretrain.pt\nStage 2/2 fine-tuning: 15000 iterations\n"
