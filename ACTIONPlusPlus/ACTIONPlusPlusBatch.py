@@ -6,6 +6,10 @@ In 3D Slicer::
         --preset la --labeled img1.nrrd:img1.seg.nrrd --labeled img2.nii.gz:img2-label.nii.gz \\
         --unlabeled img3.nrrd img4.nrrd --predict new.nrrd --out /data/run1 --iterations quick --device auto
 
+Installed with the extension, this file is ``ACTIONPlusPlusBatch.py`` in the extension's
+``lib/Slicer-X.Y/qt-scripted-modules`` folder (``--where`` prints its path); in the source tree it is
+``ACTIONPlusPlus/ACTIONPlusPlusBatch.py``.
+
 With plain Python and the ``slicer-core`` wheel (how it is tested; same code path)::
 
     python ACTIONPlusPlus/ACTIONPlusPlusBatch.py --preset acdc --labeled ... --out DIR
@@ -18,7 +22,13 @@ NODES instead of files (``--labeled "MRI:MRI segmentation"``); this needs the Sl
 The job folder (``OUT/job``), the run (``OUT/job/run``: model.pt, checkpoint.pt, predictions) and one
 ``<volume> ACTION++.seg.nrrd`` per predicted volume in OUT are written.  Progress goes to stdout, one line
 per event.  Exit codes are the worker's: 0 done, 1 unexpected error, 2 bad input, 3 training error
-(NaN), 4 cancelled (Ctrl+C / SIGTERM: the checkpoint is saved; rerun with ``--resume``).
+(NaN), 4 cancelled (Ctrl+C / SIGTERM: the checkpoint is saved; rerun with ``--resume``).  Missing
+packages (torch, psutil) are reported before anything is loaded, with the command that installs them
+(exit code 2).
+
+Budget (``--iterations``): ``quick`` (600 iterations for ACDC, 400 for LA), ``paper`` (the preset's
+schedule), ``N`` (N iterations laid out over every phase), or ``W,J,F`` (explicit warm-up, joint and
+fine-tuning counts); ``--minutes M`` instead estimates the iterations that fit in M minutes.
 """
 
 from __future__ import annotations
@@ -62,8 +72,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in OUT/job/run")
     p.add_argument("--overwrite", action="store_true",
                    help="start a new run although OUT/job/run holds one (it is moved to OUT/job/run/previous-<time>/)")
-    p.add_argument("--iterations", default="paper", metavar="quick|paper|W,J,F",
-                   help="iterations per stage: quick, paper (default) or warm-up,joint,fine-tuning numbers")
+    p.add_argument("--iterations", default="paper", metavar="quick|paper|N|W,J,F",
+                   help="training budget: quick, paper (default), N iterations over all phases, or explicit "
+                        "warm-up,joint,fine-tuning numbers")
+    p.add_argument("--minutes", type=float, metavar="M",
+                   help="training budget in minutes (instead of --iterations), estimated from the speed given by "
+                        "--seconds-per-iteration or a stated default")
+    p.add_argument("--seconds-per-iteration", type=float, metavar="S", help="measured speed for --minutes")
+    p.add_argument("--where", action="store_true", help="print this script's path and exit")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config override (repeatable)")
@@ -77,21 +93,33 @@ class BatchError(Exception):
     """Bad command-line input: printed as one line, exit code 2."""
 
 
-def _iterations(preset: str, text: str) -> dict[str, int]:
+def _iterations(preset: str, text: str, minutes: float | None = None, speed: float | None = None) -> dict[str, int]:
+    """Config overrides for the budget; prints how it lays out (and any note about dropped phases)."""
     from ACTIONPlusPlusLib import gui_support
 
     text = text.strip().lower()
     try:
-        if text in ("quick", "paper"):
-            return gui_support.iterations_for(preset, text)
-        parts = [int(v) for v in re.split(r"[,x ]+", text) if v]
-        return gui_support.iterations_for(preset, "custom", parts)
+        if minutes is not None:
+            budget = gui_support.budget_for(preset, "custom", minutes, "minutes", speed)
+        elif text in ("quick", "paper"):
+            budget = gui_support.budget_for(preset, text)
+        else:
+            parts = [int(v) for v in re.split(r"[,x ]+", text) if v]
+            if len(parts) == 1:
+                budget = gui_support.budget_for(preset, "custom", parts[0])
+            else:
+                return gui_support.explicit_iterations(parts)
     except ValueError as exc:
-        raise BatchError(f"--iterations {text!r}: {exc} (use quick, paper or three numbers W,J,F)") from exc
+        what = f"--minutes {minutes:g}" if minutes is not None else f"--iterations {text!r}"
+        raise BatchError(f"{what}: {exc} (use quick, paper, a number N or three numbers W,J,F)") from exc
+    print(f"budget: {budget.summary}", flush=True)
+    for note in budget.notes:
+        print(f"note: {note}", flush=True)
+    return budget.overrides
 
 
 def _overrides(preset: str, args: argparse.Namespace) -> dict[str, Any]:
-    overrides: dict[str, Any] = dict(_iterations(preset, args.iterations))
+    overrides: dict[str, Any] = dict(_iterations(preset, args.iterations, args.minutes, args.seconds_per_iteration))
     for item in args.set:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
@@ -201,8 +229,18 @@ def _file_name(name: str) -> str:
 
 def run(argv: Sequence[str]) -> int:
     """Parse, load, write the job, run the worker, save the results.  Returns the exit code."""
+    if "--where" in argv:  # before parsing: needs no other argument
+        print(Path(globals().get("__file__") or sys.argv[0]).resolve(), flush=True)
+        return EXIT_OK
     args = build_parser().parse_args(list(argv))
     _make_lib_importable()
+    from ACTIONPlusPlusLib import gui_support
+
+    in_slicer = getattr(sys.modules.get("slicer"), "app", None) is not None
+    problem = gui_support.batch_dependency_problem(in_slicer)  # before anything needs torch or psutil
+    if problem:
+        print(f"error: {problem}", file=sys.stderr, flush=True)
+        return EXIT_BAD_INPUT
     import slicer
 
     from ACTIONPlusPlusLib import scene as bridge

@@ -1,7 +1,17 @@
 """Device selection and mixed precision, in one place for the trainer, inference, worker and GUI.
 
-Convolutions run under bf16 autocast on CUDA (``Config.amp``); on CPU autocast is a no-op, because
-CPU bf16 convolutions are slower than fp32 on most machines and the tests compare CPU outputs exactly.
+Devices: ``auto`` picks a CUDA GPU, else Apple's ``mps`` GPU, else the CPU.  On ``mps`` the worker
+sets ``PYTORCH_ENABLE_MPS_FALLBACK=1`` (``runner.py``) so that an operation MPS lacks runs on the CPU
+instead of failing.
+
+Mixed precision (``Config.amp``), chosen by :func:`amp_dtype` from what the GPU really supports:
+
+- CUDA with native bf16 (compute capability >= 8.0: Ampere, Ada, Hopper...): bf16 autocast, no scaler;
+- CUDA with fp16 tensor cores but no native bf16 (7.x: V100, T4, RTX 20xx): fp16 autocast, and the
+  training loop scales the loss with :func:`grad_scaler` (fp16 gradients underflow without it);
+- older GPUs (GTX 10xx and before), ``mps`` and the CPU: fp32 (autocast off).  bf16 is emulated, and
+  fp16 without tensor cores is slow, on those GPUs; CPU bf16 convolutions are slower than fp32 on most
+  machines, and the tests compare CPU outputs exactly.
 """
 
 from __future__ import annotations
@@ -23,7 +33,15 @@ class DeviceError(DataError):
     """
 
 
-_ALIASES = {"gpu": "cuda", "": "auto", "default": "auto"}
+_ALIASES = {"": "auto", "default": "auto"}
+
+
+def _mps_available() -> bool:
+    backend = getattr(torch.backends, "mps", None)
+    try:
+        return bool(backend is not None and backend.is_available())
+    except Exception:  # noqa: BLE001 - an odd build must not break device selection
+        return False
 
 
 def _torch_build() -> str:
@@ -34,8 +52,9 @@ def _torch_build() -> str:
 def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
     """Map a user-facing device name to a :class:`torch.device`.
 
-    ``"auto"`` (or ``None``) picks ``cuda`` when torch sees a GPU, else ``cpu``.  ``"gpu"`` is an alias
-    of ``"cuda"``.  ``"cuda"``/``"cuda:N"`` on a machine where torch sees no such GPU raises
+    ``"auto"`` (or ``None``) picks ``cuda`` when torch sees a CUDA GPU, else ``mps`` (Apple Silicon)
+    when torch reports it, else ``cpu``.  ``"gpu"`` is the GPU torch sees: ``cuda``, else ``mps``.
+    ``"cuda"``/``"cuda:N"``/``"mps"`` on a machine where torch sees no such GPU raises
     :class:`DeviceError` naming the torch build (a CPU-only wheel is the usual cause).
     """
     if isinstance(name, torch.device):
@@ -44,10 +63,22 @@ def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
     text = _ALIASES.get(text, text)
     if text.startswith("gpu:"):
         text = "cuda:" + text[4:]
-    if text == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if text in ("auto", "gpu"):
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if _mps_available():
+            return torch.device("mps")
+        if text == "auto":
+            return torch.device("cpu")
+        raise DeviceError(f"device {name!r} requested but torch sees no GPU (neither CUDA nor Apple MPS); "
+                          f"{_torch_build()}. Use device 'cpu' or 'auto'.")
     if text == "cpu":
         return torch.device("cpu")
+    if text == "mps":
+        if not _mps_available():
+            raise DeviceError(f"device {name!r} requested but torch reports no Apple MPS GPU; {_torch_build()}. "
+                              "Use device 'cpu' or 'auto'.")
+        return torch.device("mps")
     if text == "cuda" or text.startswith("cuda:"):
         if not torch.cuda.is_available():
             raise DeviceError(
@@ -64,15 +95,69 @@ def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
         if index >= count:
             raise DeviceError(f"device {name!r} requested but torch sees only {count} CUDA device(s)")
         return torch.device("cuda", index)
-    raise DeviceError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or gpu")
+    raise DeviceError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N, mps or gpu")
 
 
-def autocast(device: torch.device | str, enabled: bool = True) -> ContextManager[Any]:
-    """bf16 autocast on CUDA when ``enabled``; a null context on CPU (fp32 everywhere)."""
+def amp_policy(device_type: str, capability: tuple[int, int] | None, bf16_native: bool) -> torch.dtype | None:
+    """The autocast dtype for a device, from what it supports (pure: tested with patched values).
+
+    ``capability`` is the CUDA compute capability (major, minor); ``bf16_native`` whether the GPU does
+    bf16 in hardware (not emulated).  None means fp32 (autocast off).
+    """
+    if device_type != "cuda" or capability is None:
+        return None  # CPU (slower in bf16), mps (fp32 is the safe choice)
+    if bf16_native and capability >= (8, 0):
+        return torch.bfloat16
+    if capability >= (7, 0):
+        return torch.float16  # tensor cores without bf16: fp16 with a gradient scaler
+    return None  # Pascal and older: bf16 emulated, fp16 slow: fp32
+
+
+def _cuda_capability(device: torch.device) -> tuple[tuple[int, int] | None, bool]:
+    if not torch.cuda.is_available():
+        return None, False
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    capability = tuple(torch.cuda.get_device_capability(index))
+    try:
+        native = bool(torch.cuda.is_bf16_supported(including_emulation=False))
+    except TypeError:  # torch < 2.3 has no including_emulation (and reports native support only)
+        native = bool(torch.cuda.is_bf16_supported())
+    return capability, native  # type: ignore[return-value]
+
+
+def amp_dtype(device: torch.device | str, enabled: bool = True) -> torch.dtype | None:
+    """The dtype autocast uses on ``device`` (None: fp32), see :func:`amp_policy`."""
+    device = device if isinstance(device, torch.device) else torch.device(device)
+    if not enabled or device.type != "cuda":
+        return None
+    capability, native = _cuda_capability(device)
+    return amp_policy(device.type, capability, native)
+
+
+def amp_description(dtype: torch.dtype | None) -> str:
+    return {torch.bfloat16: "bf16 mixed precision", torch.float16: "fp16 mixed precision with loss scaling"}.get(
+        dtype, "fp32 (no mixed precision)")  # type: ignore[arg-type]
+
+
+def autocast(device: torch.device | str, enabled: bool = True, dtype: torch.dtype | None | str = "auto") -> ContextManager[Any]:
+    """Autocast on CUDA in the dtype the GPU supports (:func:`amp_dtype`) when ``enabled``; a null
+    context on the CPU, on ``mps`` and on GPUs where mixed precision does not pay (fp32 everywhere).
+    ``dtype`` overrides the choice (None: fp32)."""
     device_type = device.type if isinstance(device, torch.device) else torch.device(device).type
-    if enabled and device_type == "cuda":
-        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    if not enabled or device_type != "cuda":
+        return contextlib.nullcontext()
+    chosen = amp_dtype(device, True) if isinstance(dtype, str) else dtype
+    if chosen is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type="cuda", dtype=chosen)
+
+
+def grad_scaler(device: torch.device | str, dtype: torch.dtype | None) -> Any:
+    """A gradient scaler when training runs in fp16 (needed against underflow), else None."""
+    device_type = device.type if isinstance(device, torch.device) else torch.device(device).type
+    if dtype is not torch.float16 or device_type != "cuda":
+        return None
+    return torch.amp.GradScaler("cuda")
 
 
 def describe_devices() -> dict[str, Any]:
@@ -86,7 +171,8 @@ def describe_devices() -> dict[str, Any]:
         "cuda_devices": [],
         "cpu_count": os.cpu_count(),
         "cpu_threads": torch.get_num_threads(),
-        "default_device": "cuda" if cuda else "cpu",
+        "mps_available": _mps_available(),
+        "default_device": "cuda" if cuda else ("mps" if _mps_available() else "cpu"),
     }
     if cuda:
         for index in range(torch.cuda.device_count()):
@@ -97,7 +183,15 @@ def describe_devices() -> dict[str, Any]:
                     "name": props.name,
                     "memory_gib": round(props.total_memory / 2**30, 1),
                     "capability": f"{props.major}.{props.minor}",
+                    "precision": amp_description(amp_dtype(torch.device("cuda", index))),
                 }
             )
-        info["bf16_supported"] = bool(torch.cuda.is_bf16_supported())
+        info["bf16_supported"] = _cuda_capability(torch.device("cuda", 0))[1]
     return info
+
+
+if __name__ == "__main__":  # ``python -m ACTIONPlusPlusLib.device``: the device list as one JSON line (GUI probe)
+    import json
+    import sys
+
+    sys.stdout.write(json.dumps(describe_devices()) + "\n")

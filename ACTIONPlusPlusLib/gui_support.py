@@ -3,15 +3,18 @@
 The module file ``ACTIONPlusPlus/ACTIONPlusPlus.py`` only wires widgets; everything it needs beyond
 wiring that the scene bridge does not provide lives here so that it is tested without Slicer:
 
-- training iterations per stage ("quick" / "paper" / "custom") and the job options built from the
-  panel's settings;
+- the training budget in the user's terms ("quick" / "paper" / "custom" iterations or minutes, with
+  the estimated time on the chosen device) and the job options built from the panel's settings;
+- the output folder: a persistent per-user default and the checks of a folder the user typed;
 - the progress line ("Stage 2/2 fine-tuning · it 1200/20000 · loss 0.43 · 0.21 s/it · ETA 1h05"), the
   overall percentage over both stages, and a :class:`ProgressTracker` that folds worker events into the
   panel's state;
 - checks of the user's selection before a job is written (no labeled pair, a volume both labeled and
   unlabeled, no free disk) and messages for the worker's exit codes;
-- the dependency plan (what to install, the confirmation text, the message for headless runs) and a
-  lookup of Slicer's pip helpers that works across Slicer versions;
+- the dependency plan (what to install, step by step with the command to run by hand, the torch
+  version check, the message for headless runs) and a lookup of Slicer's pip helpers that works across
+  Slicer versions;
+- the loss history behind the live chart, and the pseudo-label report of fine-tuning;
 - small numpy helpers for the module's self-test (Dice).
 """
 
@@ -42,14 +45,13 @@ PRESET_TITLES = {
     "acdc": "Cardiac LV / Myo / RV (2D U-Net)",
 }
 
-ITERATION_MODES = ("quick", "paper", "custom")
+BUDGET_MODES = ("quick", "paper", "custom")
+BUDGET_UNITS = ("iterations", "minutes")
 ITERATION_KEYS = ("pretrain_warmup_iterations", "pretrain_joint_iterations", "finetune_iterations")
 
-# "quick": a sanity run that shows the whole pipeline (both stages, prediction) in minutes on a CPU.
-QUICK_ITERATIONS = {
-    "acdc": {"pretrain_warmup_iterations": 100, "pretrain_joint_iterations": 100, "finetune_iterations": 400},
-    "la": {"pretrain_warmup_iterations": 50, "pretrain_joint_iterations": 50, "finetune_iterations": 200},
-}
+# "quick": a sanity run that shows the whole pipeline (both stages, prediction) in minutes on a CPU; a
+# budget (``Config.budget_iterations``) laid out over the phases in the paper's proportions.
+QUICK_BUDGET = {"acdc": 600, "la": 400}
 
 
 def preset_config(preset: str) -> _config.Config:
@@ -65,43 +67,121 @@ def preset_summary(preset: str) -> str:
     return f"{net} \u00b7 {cfg.num_classes} classes (background + {names}) \u00b7 patch {'x'.join(map(str, cfg.patch_size))}"
 
 
-def paper_iterations(preset: str) -> dict[str, int]:
-    cfg = preset_config(preset)
-    return {key: int(getattr(cfg, key)) for key in ITERATION_KEYS}
+@dataclass
+class Budget:
+    """A training budget as the panel shows it and the job receives it.
 
-
-def iterations_for(preset: str, mode: str, custom: Sequence[int] | None = None) -> dict[str, int]:
-    """Iterations per stage for ``mode``: "quick", "paper" (the preset's protocol) or "custom".
-
-    ``custom`` is (warm-up, joint pre-training, fine-tuning); each must be >= 0 and the total > 0.
+    ``budget_iterations``: the job's ``Config.budget_iterations`` (0 = the preset's explicit paper
+    schedule); ``warmup``/``joint``/``finetune``: the phase lengths it lays out; ``notes``: why a phase
+    was dropped (too small a budget) or how minutes became iterations.
     """
+
+    mode: str
+    budget_iterations: int
+    warmup: int
+    joint: int
+    finetune: int
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return self.warmup + self.joint + self.finetune
+
+    @property
+    def overrides(self) -> dict[str, int]:
+        return {"budget_iterations": int(self.budget_iterations)}
+
+    @property
+    def summary(self) -> str:
+        stages = f"pre-training {self.warmup} + {self.joint}, fine-tuning {self.finetune}"
+        return f"{self.total} iterations ({stages})"
+
+
+def budget_for(preset: str, mode: str, value: float = 0, unit: str = "iterations",
+               seconds_per_iteration: float | None = None) -> Budget:
+    """The budget for the panel's choice: ``quick`` (:data:`QUICK_BUDGET`), ``paper`` (the preset's
+    schedule, ``budget_iterations = 0``) or ``custom`` (``value`` iterations, or ``value`` minutes on the
+    device whose measured ``seconds_per_iteration`` is given; the stated default when None)."""
+    from . import budget as _budget
+
+    cfg = preset_config(preset)
     mode = (mode or "paper").lower()
-    if mode == "quick":
-        return dict(QUICK_ITERATIONS[preset_config(preset).preset])
+    notes: list[str] = []
     if mode == "paper":
-        return paper_iterations(preset)
-    if mode == "custom":
-        if custom is None or len(custom) != 3:
-            raise ValueError("custom iterations need three numbers: warm-up, joint pre-training, fine-tuning")
-        values = [int(v) for v in custom]
-        if any(v < 0 for v in values):
-            raise ValueError(f"iterations must be >= 0, got {values}")
-        if sum(values) <= 0:
-            raise ValueError("at least one stage needs iterations > 0")
-        return dict(zip(ITERATION_KEYS, values))
-    raise ValueError(f"unknown iterations mode {mode!r}; choose one of {', '.join(ITERATION_MODES)}")
+        lengths = _budget.phase_lengths(cfg)
+        return Budget("paper", 0, lengths.warmup, lengths.joint, lengths.finetune)
+    if mode == "quick":
+        total = QUICK_BUDGET[cfg.preset]
+    elif mode == "custom":
+        unit = (unit or "iterations").lower()
+        if unit == "minutes":
+            total, how = _budget.iterations_for_minutes(float(value), seconds_per_iteration, cfg.dim)
+            notes.append(how)
+        elif unit == "iterations":
+            total = int(value)
+            if total < 1:
+                raise ValueError(f"the iteration budget must be at least 1, got {value}")
+        else:
+            raise ValueError(f"unknown budget unit {unit!r}; choose one of {', '.join(BUDGET_UNITS)}")
+    else:
+        raise ValueError(f"unknown budget {mode!r}; choose one of {', '.join(BUDGET_MODES)}")
+    lengths = _budget.layout(total, cfg.budget_warmup_fraction, cfg.budget_joint_fraction)
+    return Budget(mode, int(total), lengths.warmup, lengths.joint, lengths.finetune, notes + list(lengths.notes))
 
 
-def iterations_summary(iterations: Mapping[str, int]) -> str:
-    w, j, f = (int(iterations[k]) for k in ITERATION_KEYS)
-    return f"pre-training {w} + {j}, fine-tuning {f} (total {w + j + f})"
+def explicit_iterations(values: Sequence[int]) -> dict[str, int]:
+    """Config overrides for explicit (warm-up, joint, fine-tuning) counts (the batch script's ``W,J,F``)."""
+    if len(values) != 3:
+        raise ValueError("explicit iterations need three numbers: warm-up, joint pre-training, fine-tuning")
+    numbers = [int(v) for v in values]
+    if any(v < 0 for v in numbers):
+        raise ValueError(f"iterations must be >= 0, got {numbers}")
+    if sum(numbers) <= 0:
+        raise ValueError("at least one stage needs iterations > 0")
+    return {"budget_iterations": 0, **dict(zip(ITERATION_KEYS, numbers))}
+
+
+def measured_seconds_per_iteration(events: Iterable[Mapping[str, Any]]) -> float | None:
+    """The run's speed from its progress events: seconds per iteration averaged over the logged
+    windows (weighted by their iterations), or None when the run logged too little to tell."""
+    last = 0
+    weighted = count = 0.0
+    for event in events:
+        if event.get("event") != "progress":
+            continue
+        spi, overall = event.get("seconds_per_iteration"), event.get("overall_iteration")
+        if not isinstance(overall, (int, float)):
+            continue
+        done = float(overall) - last
+        last = float(overall)
+        if isinstance(spi, (int, float)) and spi > 0 and done > 0:
+            weighted += float(spi) * done
+            count += done
+    return weighted / count if count > 0 else None
+
+
+def speed_key(preset: str, device: str) -> str:
+    """Settings key under which the measured speed of ``preset`` on ``device`` is remembered."""
+    return f"ACTIONPlusPlus/SecondsPerIteration/{str(preset).lower()}-{str(device).lower() or 'cpu'}"
+
+
+def estimate_text(budget: Budget, device: str, seconds_per_iteration: float | None, preset: str) -> str:
+    """'600 iterations (pre-training 100 + 100, fine-tuning 400) · about 20m00s on cpu (assumed 2.0 s/it)'."""
+    from .budget import DEFAULT_SECONDS_PER_ITERATION
+
+    if seconds_per_iteration is not None and seconds_per_iteration > 0:
+        speed, how = float(seconds_per_iteration), f"measured {seconds_per_iteration:.2f} s/it"
+    else:
+        speed = DEFAULT_SECONDS_PER_ITERATION[3 if preset_config(preset).dim == 3 else 2]
+        how = f"assumed {speed:.1f} s/it until a run has measured this device"
+    return f"{budget.summary}{SEP}about {format_duration(budget.total * speed)} on {device or 'this device'} ({how})"
 
 
 # ---------------------------------------------------------------------------------------------------
 # Panel settings -> job options
 # ---------------------------------------------------------------------------------------------------
 
-DEVICE_CHOICES = ("auto", "cuda", "cpu")
+DEVICE_CHOICES = ("auto", "cuda", "cpu", "mps")
 
 
 @dataclass
@@ -109,8 +189,10 @@ class PanelSettings:
     """The training settings the panel shows (mirrors the parameter node)."""
 
     preset: str = "la"
-    iterations_mode: str = "paper"
-    custom_iterations: tuple[int, int, int] = (0, 0, 0)
+    budget_mode: str = "paper"  # quick | paper | custom
+    budget_value: float = 0  # custom: iterations or minutes
+    budget_unit: str = "iterations"  # iterations | minutes
+    seconds_per_iteration: float | None = None  # measured on this device by an earlier run (minutes -> iterations)
     device: str = "auto"
     continue_training: bool = False
     output_root: str = ""  # where run-* folders go; "continue from last model" looks here
@@ -168,8 +250,9 @@ def plan_run(settings: PanelSettings, now: float | None = None) -> RunPlan:
     the warm start of a new run. With nothing to continue from, it says so instead of starting afresh.
     """
     root = settings.output_root
-    if not root:
-        raise ValueError("Choose an output folder.")
+    problem = output_root_problem(root)
+    if problem:
+        raise ValueError(problem)
     if settings.continue_training:
         last = find_last_run(root)
         if last is None:
@@ -187,15 +270,15 @@ def plan_run(settings: PanelSettings, now: float | None = None) -> RunPlan:
 def build_job_options(settings: PanelSettings, plan: RunPlan | None = None) -> dict[str, Any]:
     """Keyword options for ``scene.write_training_job`` (the ``TrainingJob`` fields) from the panel.
 
-    Returns ``mode``, ``model``, ``resume``, ``overrides`` (iterations per stage plus any extra config
-    overrides), ``device``, ``seed`` and ``write_confidence``.
+    Returns ``mode``, ``model``, ``resume``, ``overrides`` (the budget, ``budget_iterations``, plus any
+    extra config overrides), ``device``, ``seed`` and ``write_confidence``.
     """
     device = (settings.device or "auto").lower()
     if device == "gpu":
         device = "cuda"
     if device not in DEVICE_CHOICES and not re.fullmatch(r"cuda:\d+", device):
-        raise ValueError(f"unknown device {settings.device!r}; choose auto, cuda (GPU) or cpu")
-    overrides: dict[str, Any] = dict(iterations_for(settings.preset, settings.iterations_mode, settings.custom_iterations))
+        raise ValueError(f"unknown device {settings.device!r}; choose auto, cuda (GPU), mps or cpu")
+    overrides: dict[str, Any] = dict(settings_budget(settings).overrides)
     overrides.update(settings.extra_overrides)
     plan = plan or RunPlan(job_dir=Path(settings.output_root or "."), mode="train")
     return {
@@ -207,6 +290,34 @@ def build_job_options(settings: PanelSettings, plan: RunPlan | None = None) -> d
         "seed": int(settings.seed),
         "write_confidence": bool(settings.confidence),
     }
+
+
+def settings_budget(settings: PanelSettings) -> Budget:
+    return budget_for(settings.preset, settings.budget_mode, settings.budget_value, settings.budget_unit,
+                      settings.seconds_per_iteration)
+
+
+def job_device(choice: str, info: Mapping[str, Any] | None) -> str:
+    """The job's device for the panel's choice (auto / GPU / CPU) and what torch sees (``info`` from the
+    device probe, None while unknown): GPU is CUDA, or Apple's MPS where torch reports only that."""
+    choice = (choice or "auto").lower()
+    if choice != "gpu":
+        return choice
+    if info and not info.get("cuda_available") and info.get("mps_available"):
+        return "mps"
+    return "cuda"
+
+
+def effective_device(choice: str, info: Mapping[str, Any] | None) -> str:
+    """The device a run will use (for the time estimate): 'cuda', 'mps' or 'cpu'."""
+    choice = job_device(choice, info)
+    if choice != "auto":
+        return "cuda" if choice.startswith("cuda") else choice
+    if info and info.get("cuda_available"):
+        return "cuda"
+    if info and info.get("mps_available"):
+        return "mps"
+    return "cpu"
 
 
 def adapt_options(options: Mapping[str, Any], accepted: Iterable[str] | None) -> tuple[dict[str, Any], list[str]]:
@@ -241,9 +352,52 @@ def call_with_supported(func: Callable[..., Any], *args: Any, **kwargs: Any) -> 
 # ---------------------------------------------------------------------------------------------------
 
 
-def default_output_root(temporary_dir: str | os.PathLike[str]) -> str:
-    """Default output folder, under Slicer's temporary folder."""
-    return str(Path(temporary_dir) / "ACTIONPlusPlus")
+OUTPUT_FOLDER_SETTING = "ACTIONPlusPlus/OutputFolder"  # QSettings key of the last output folder chosen
+
+
+def default_output_root(home: str | os.PathLike[str] | None = None) -> str:
+    """The default output folder: ``ACTIONPlusPlus`` in the user's home folder.
+
+    Persistent on purpose: a model is hours of training, and the OS may wipe Slicer's temporary folder
+    (MONAIAuto3DSeg also keeps its files under the home folder).
+    """
+    return str(Path(home if home is not None else Path.home()) / "ACTIONPlusPlus")
+
+
+def output_root_problem(text: str | os.PathLike[str] | None) -> str | None:
+    """Why ``text`` cannot be the output folder (None when it can): empty, ".", a relative path (it would
+    land wherever Slicer was started from), or an existing file."""
+    raw = "" if text is None else str(text).strip()
+    if not raw:
+        return "Choose an output folder."
+    path = Path(os.path.expanduser(raw))
+    if raw in (".", "..") or not path.is_absolute():
+        return (f"Output folder '{raw}' is a relative path; it would depend on where Slicer was started. "
+                f"Choose a full path, for example {default_output_root()}.")
+    if path.exists() and not path.is_dir():
+        return f"Output folder '{raw}' is a file, not a folder: choose a folder."
+    return None
+
+
+def output_root_warning(text: str | os.PathLike[str], temporary_dir: str | os.PathLike[str] | None) -> str | None:
+    """A warning when the output folder lies in a temporary folder, which the OS may empty."""
+    if not text or not temporary_dir:
+        return None
+    try:
+        Path(text).resolve().relative_to(Path(temporary_dir).resolve())
+    except (ValueError, OSError):
+        return None
+    return (f"Output folder {text} is inside the temporary folder {temporary_dir}, which the system may empty: "
+            "trained models could be lost. Choose a folder of your own.")
+
+
+def initial_output_root(current: str | None, remembered: str | None, home: str | os.PathLike[str] | None = None) -> str:
+    """The folder the panel starts with: the scene's own (parameter node), else the last one chosen
+    (settings), else the default; a value that fails :func:`output_root_problem` is skipped."""
+    for candidate in (current, remembered):
+        if candidate and output_root_problem(candidate) is None:
+            return str(candidate)
+    return default_output_root(home)
 
 
 def new_run_folder(
@@ -459,6 +613,96 @@ def overall_percent(event: Mapping[str, Any], stage_totals: Mapping[str, int] | 
     return max(0.0, min(100.0, 100.0 * float(it) / float(stage_total)))
 
 
+PSEUDO_COLLAPSE_RATIO = 0.2  # a class whose pseudo-label share falls below this fraction of its labeled share
+
+
+def _foreground(shares: Mapping[str, Any] | None) -> dict[str, float]:
+    return {str(k): float(v) for k, v in (shares or {}).items()
+            if str(k).lower() not in ("background", "bg") and isinstance(v, (int, float))}
+
+
+def pseudo_label_collapse(report: Mapping[str, Any] | None, ratio: float = PSEUDO_COLLAPSE_RATIO) -> list[str]:
+    """Foreground classes whose share among the kept pseudo-labels fell below ``ratio`` times their share
+    among labeled pixels (the teacher stopped predicting them: pseudo-labels are collapsing)."""
+    if not report:
+        return []
+    labeled = _foreground(report.get("labeled_fraction"))
+    pseudo = _foreground(report.get("pseudo_fraction"))
+    return [name for name, share in labeled.items() if share >= 0.005 and pseudo.get(name, 0.0) < ratio * share]
+
+
+def format_pseudo_labels(report: Mapping[str, Any] | None) -> str | None:
+    """'Pseudo-labels: 62% of unlabeled pixels kept · RV 21% (labeled 20%) · Myo 3% (labeled 25%) ...'."""
+    if not report:
+        return None
+    parts = []
+    mask = report.get("mask_fraction")
+    if isinstance(mask, (int, float)):
+        parts.append(f"{100 * float(mask):.0f}% of unlabeled pixels kept")
+    labeled = _foreground(report.get("labeled_fraction"))
+    pseudo = _foreground(report.get("pseudo_fraction"))
+    for name in list(dict.fromkeys([*labeled, *pseudo])):
+        text = f"{name} {100 * pseudo.get(name, 0.0):.0f}%"
+        if name in labeled:
+            text += f" (labeled {100 * labeled[name]:.0f}%)"
+        parts.append(text)
+    if not parts:
+        return None
+    line = "Pseudo-labels: " + SEP.join(parts)
+    collapsed = pseudo_label_collapse(report)
+    if collapsed:
+        line += f"{SEP}collapsing: {', '.join(collapsed)}"
+    return line
+
+
+class LossHistory:
+    """The rows behind the live loss chart, one per progress event (columns grow as names appear).
+
+    Columns: ``iteration`` (over the whole run), ``loss``, each named loss, then for fine-tuning
+    ``pseudo <class>`` / ``labeled <class>`` (class shares, 0-1) and ``mask fraction``.  Missing values
+    are NaN, so a plot skips them.
+    """
+
+    ITERATION = "iteration"
+
+    def __init__(self) -> None:
+        self.columns: list[str] = [self.ITERATION, "loss"]
+        self.rows: list[dict[str, float]] = []
+
+    def add(self, event: Mapping[str, Any]) -> bool:
+        if event.get("event") != "progress" or event.get("overall_iteration") is None:
+            return False
+        row: dict[str, float] = {self.ITERATION: float(event["overall_iteration"])}
+        if isinstance(event.get("loss"), (int, float)):
+            row["loss"] = float(event["loss"])
+        for name, value in (event.get("losses") or {}).items():
+            if name != "total" and isinstance(value, (int, float)):
+                row[f"loss {name}"] = float(value)
+        report = event.get("pseudo_labels") or {}
+        for name, value in _foreground(report.get("pseudo_fraction")).items():
+            row[f"pseudo {name}"] = value
+        for name, value in _foreground(report.get("labeled_fraction")).items():
+            row[f"labeled {name}"] = value
+        if isinstance(report.get("mask_fraction"), (int, float)):
+            row["mask fraction"] = float(report["mask_fraction"])
+        for key in row:
+            if key not in self.columns:
+                self.columns.append(key)
+        self.rows.append(row)
+        return True
+
+    def column(self, name: str) -> list[float]:
+        return [row.get(name, float("nan")) for row in self.rows]
+
+    @property
+    def loss_columns(self) -> list[str]:
+        return [c for c in self.columns if c == "loss" or c.startswith("loss ")]
+
+    @property
+    def fraction_columns(self) -> list[str]:
+        return [c for c in self.columns if c.startswith(("pseudo ", "labeled ")) or c == "mask fraction"]
+
+
 EXIT_MESSAGES = {
     0: "Finished.",
     1: "The worker stopped on an unexpected error.",
@@ -502,6 +746,9 @@ class ProgressTracker:
     resumable: bool = False
     exit_code: int | None = None  # from the terminal event (done / error / cancelled)
     last_progress: dict[str, Any] | None = None
+    history: LossHistory = field(default_factory=LossHistory)
+    collapsed: list[str] = field(default_factory=list)  # classes whose pseudo-labels collapsed (last report)
+    events: list[dict[str, Any]] = field(default_factory=list)  # progress events (for the measured speed)
 
     @property
     def two_stages(self) -> bool:
@@ -530,9 +777,26 @@ class ProgressTracker:
             return f"{self.status}: {total} iterations" if total is not None else self.status
         if kind == "progress":
             self.last_progress = dict(event)
+            self.events.append(dict(event))
+            self.history.add(event)
             self.percent = overall_percent(event, self.stage_totals)
             self.status = format_progress(event, self.two_stages)
-            return self.status
+            line = self.status
+            report = event.get("pseudo_labels")
+            pseudo = format_pseudo_labels(report)
+            if pseudo:
+                line += "\n  " + pseudo
+            collapsed = pseudo_label_collapse(report)
+            if collapsed:
+                self.status += f"{SEP}pseudo-labels collapsing: {', '.join(collapsed)}"
+                new = [c for c in collapsed if c not in self.collapsed]
+                if new:
+                    message = (f"pseudo-labels of {', '.join(new)} are collapsing (the teacher hardly predicts "
+                               "them on unlabeled images); more labeled cases or a longer pre-training may help")
+                    self.warnings.append(message)
+                    line += f"\n  Warning: {message}"
+            self.collapsed = collapsed
+            return line
         if kind == "checkpoint":
             self.checkpoint = str(event.get("path"))
             return f"Checkpoint saved: {self.checkpoint}"
@@ -573,6 +837,11 @@ class ProgressTracker:
             return self.status
         return None
 
+    @property
+    def seconds_per_iteration(self) -> float | None:
+        """The run's measured speed (see :func:`measured_seconds_per_iteration`)."""
+        return measured_seconds_per_iteration(self.events)
+
     def outcome_message(self, returncode: int | None) -> str:
         """How the run ended, in one paragraph for the panel."""
         code = self.exit_code if self.exit_code is not None else returncode
@@ -588,8 +857,15 @@ class ProgressTracker:
 # ---------------------------------------------------------------------------------------------------
 
 TORCH_REQUIREMENT = "torch>=2.1"
-# What the trainer needs beyond torch that Slicer does not ship (numpy, scipy and SimpleITK it does).
-EXTRA_REQUIREMENTS = ("h5py>=3.8", "medpy>=0.5", "psutil>=5.9", "tqdm>=4.60")
+# What the panel's path (the runner and the worker's train / predict) needs beyond torch that Slicer does
+# not ship (numpy, scipy and SimpleITK it does).  Only this is installed by the panel.
+EXTRA_REQUIREMENTS = ("psutil>=5.9",)
+# Needed elsewhere and imported lazily there: evaluation metrics (medpy, built from source in Slicer),
+# the ACDC / LA benchmark loaders (h5py), the CLI's progress bar (tqdm).  Never installed by the panel.
+OPTIONAL_REQUIREMENTS = {"h5py>=3.8": "the ACDC / LA .h5 benchmark loaders",
+                         "medpy>=0.5": "evaluation metrics (actionpp evaluate)",
+                         "tqdm>=4.60": "the command line's progress bar"}
+ALL_REQUIREMENTS = (*EXTRA_REQUIREMENTS, *OPTIONAL_REQUIREMENTS)
 # Never reinstall these under Slicer's feet (Slicer or other extensions pin them).
 PROTECTED_PACKAGES = ("SimpleITK", "torch", "numpy", "scipy", "vtk")
 
@@ -622,8 +898,111 @@ def requirement_satisfied(requirement: str, version_of: Callable[[str], str] | N
     return True
 
 
-def missing_requirements(requirements: Iterable[str] = EXTRA_REQUIREMENTS, version_of: Callable[[str], str] | None = None) -> list[str]:
-    return [r for r in requirements if not requirement_satisfied(r, version_of)]
+def missing_requirements(requirements: Iterable[str] = EXTRA_REQUIREMENTS, version_of: Callable[[str], str] | None = None,
+                         find_spec: Callable[[str], Any] | None = None) -> list[str]:
+    """The requirements not installed at an acceptable version.  With the default ``version_of`` a
+    package must also be importable (``find_spec``, nothing imported): a broken or hidden install counts
+    as missing."""
+    if version_of is None and find_spec is None:
+        find_spec = importlib.util.find_spec
+    out = []
+    for requirement in requirements:
+        ok = requirement_satisfied(requirement, version_of)
+        if ok and find_spec is not None:
+            try:
+                ok = find_spec(_requirement_name(requirement).lower()) is not None
+            except (ImportError, ValueError):
+                ok = False
+        if not ok:
+            out.append(requirement)
+    return out
+
+
+def batch_dependency_problem(in_slicer: bool, find_spec: Callable[[str], Any] | None = None,
+                             version_of: Callable[[str], str] | None = None) -> str | None:
+    """What the headless batch script says (before anything else) when torch or psutil is missing or torch
+    is too old; None when it can run.  The same text as the panel's headless message inside Slicer, a
+    ``pip install`` line under plain Python."""
+    find_spec = find_spec or importlib.util.find_spec
+    torch_missing = not torch_available(find_spec)
+    extras = missing_requirements(EXTRA_REQUIREMENTS, version_of, find_spec)
+    if not torch_missing:
+        problem = torch_version_problem(version_of)
+        if problem:
+            return problem
+    if not torch_missing and not extras:
+        return None
+    if in_slicer:
+        return headless_install_message(torch_missing, extras)
+    import sys
+
+    todo = ([TORCH_REQUIREMENT] if torch_missing else []) + list(extras)
+    return (f"Missing Python packages: {', '.join(todo)}. Install them into this Python and run again: "
+            f"{sys.executable} -m pip install " + " ".join(f"'{r}'" for r in todo))
+
+
+def torch_version_problem(version_of: Callable[[str], str] | None = None) -> str | None:
+    """None when the installed torch satisfies :data:`TORCH_REQUIREMENT` (or torch is absent: that is
+    the installer's case), else what is wrong and what to do.  Reads the package metadata only."""
+    version_of = version_of or importlib.metadata.version
+    try:
+        installed = version_of("torch")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    if requirement_satisfied(TORCH_REQUIREMENT, lambda name: installed):
+        return None
+    return (
+        f"torch {installed} is installed, but ACTION++ needs {TORCH_REQUIREMENT}. Other extensions may rely on "
+        "this torch, so ACTION++ does not replace it by itself. Update it in the PyTorch Utils module "
+        "(Utilities > PyTorch Utils: uninstall, then install), or in Slicer's Python console run: "
+        f"{manual_torch_command(force=True)}; then restart Slicer."
+    )
+
+
+def manual_torch_command(force: bool = False) -> str:
+    """What a user types in Slicer's Python console to install (or, with ``force``, replace) torch."""
+    extra = ", forceReinstall=True" if force else ""
+    return ("import PyTorchUtils; PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=True, "
+            f"torchVersionRequirement='{TORCH_REQUIREMENT[len('torch'):]}'{extra})")
+
+
+def manual_pip_command(requirement: str) -> str:
+    """What a user types in Slicer's Python console to install one requirement."""
+    return f"slicer.util.pip_install({' '.join(pip_install_commands([requirement]))!r})"
+
+
+@dataclass
+class InstallStep:
+    """One step of the dependency installation, as the panel's log shows it."""
+
+    title: str  # "Installing torch>=2.1 through the PyTorch extension"
+    requirement: str  # the requirement it installs
+    method: str  # "pytorch-extension" | "pip_ensure" | "pip_install"
+    manual: str  # the command to run by hand when the step fails
+
+
+def install_steps(torch_missing: bool, extras: Sequence[str], torch_via_extension: bool = True,
+                  has_pip_ensure: bool = False) -> list[InstallStep]:
+    """The steps to install what is missing, each with the command a user can run by hand."""
+    steps = []
+    pip_method = "pip_ensure" if has_pip_ensure else "pip_install"
+    if torch_missing:
+        if torch_via_extension:
+            steps.append(InstallStep(f"Installing {TORCH_REQUIREMENT} through the PyTorch extension (the build that "
+                                     "matches your GPU driver; 1-3 GB, several minutes)", TORCH_REQUIREMENT,
+                                     "pytorch-extension", manual_torch_command()))
+        else:
+            steps.append(InstallStep(f"Installing {TORCH_REQUIREMENT} from PyPI (1-3 GB, several minutes)",
+                                     TORCH_REQUIREMENT, pip_method, manual_pip_command(TORCH_REQUIREMENT)))
+    for requirement in extras:
+        steps.append(InstallStep(f"Installing {requirement}", requirement, pip_method, manual_pip_command(requirement)))
+    return steps
+
+
+def install_failure_text(step: InstallStep, error: BaseException | str) -> str:
+    text = str(error).strip() or type(error).__name__ if isinstance(error, BaseException) else str(error)
+    return (f"{step.title}: failed ({text}). To install it by hand, run in Slicer's Python console "
+            f"(View > Python Console): {step.manual}")
 
 
 def torch_available(find_spec: Callable[[str], Any] = importlib.util.find_spec) -> bool:
@@ -640,7 +1019,8 @@ def install_confirmation_text(torch_missing: bool, extras: Sequence[str], torch_
         how = "via the PyTorch extension, the build that matches your GPU driver" if torch_via_extension else "from PyPI"
         lines.append(f"\u2022 {TORCH_REQUIREMENT} ({how}; about 1-3 GB)")
     lines += [f"\u2022 {req}" for req in extras]
-    lines += ["", "SimpleITK and the other packages that Slicer ships are left untouched.", "Install them now? This can take several minutes."]
+    lines += ["", "SimpleITK and the other packages that Slicer ships are left untouched.",
+              "Each step and its outcome is shown in the panel's log.", "Install them now? This can take several minutes."]
     return "\n".join(lines)
 
 
@@ -692,17 +1072,58 @@ def pip_install_commands(extras: Sequence[str], satisfied: Callable[[str], bool]
 
 
 def format_device_info(info: Mapping[str, Any] | None) -> str:
-    """What torch sees, for the panel: 'GPU: NVIDIA H100 (79.6 GiB) · torch 2.13 (CUDA 12.8)'."""
+    """What torch sees, for the panel: 'GPU: NVIDIA H100 (79.6 GiB, bf16) · torch 2.13 (CUDA 12.8)'."""
     if not info:
         return "torch is not installed yet (installed on first use)"
+    if info.get("error"):
+        return f"Cannot tell what torch sees: {info['error']}"
     torch_text = f"torch {info.get('torch', '?')}"
-    torch_text += f" (CUDA {info['torch_cuda']})" if info.get("torch_cuda") else " (CPU-only build)"
+    torch_text += f" (CUDA {info['torch_cuda']})" if info.get("torch_cuda") else " (CPU-only build)" if not info.get("mps_available") else ""
     devices = info.get("cuda_devices") or []
     if info.get("cuda_available") and devices:
-        gpus = ", ".join(f"{d.get('name', 'GPU')} ({d.get('memory_gib', '?')} GiB)" for d in devices)
-        return f"GPU: {gpus}{SEP}{torch_text}"
+        def gpu(d: Mapping[str, Any]) -> str:
+            precision = str(d.get("precision", "")).split(" ")[0]
+            extra = f", {precision}" if precision else ""
+            return f"{d.get('name', 'GPU')} ({d.get('memory_gib', '?')} GiB{extra})"
+
+        return f"GPU: {', '.join(gpu(d) for d in devices)}{SEP}{torch_text}"
+    if info.get("mps_available"):
+        return f"GPU: Apple MPS (operations it lacks run on the CPU){SEP}{torch_text}"
     cpus = info.get("cpu_count")
     return f"CPU only{f' ({cpus} cores)' if cpus else ''}{SEP}{torch_text}"
+
+
+def package_info_line(version_of: Callable[[str], str] | None = None, python_version: str | None = None,
+                      info: Mapping[str, Any] | None = None) -> str:
+    """'ACTION++ 0.1.0 · Python 3.12.4 · torch 2.13.0 (CUDA 12.8) · psutil 7.2.2', from package metadata
+    (nothing imported) and, when known, the device probe's CUDA build."""
+    import sys
+
+    from . import __version__
+
+    version_of = version_of or importlib.metadata.version
+    python_version = python_version or sys.version.split()[0]
+    parts = [f"ACTION++ {__version__}", f"Python {python_version}"]
+    for name in ("torch", *(_requirement_name(r) for r in EXTRA_REQUIREMENTS)):
+        try:
+            text = f"{name} {version_of(name)}"
+        except importlib.metadata.PackageNotFoundError:
+            text = f"{name} not installed"
+        if name == "torch" and info and info.get("torch_cuda"):
+            text += f" (CUDA {info['torch_cuda']})"
+        parts.append(text)
+    return SEP.join(parts)
+
+
+def close_during_run_question(kind: str, closing: str) -> str:
+    """The question the panel asks before the scene or the application closes during a run."""
+    what = "Training" if kind == "train" else "Prediction"
+    if closing == "application":
+        return (f"{what} is still running. Quit anyway? The worker is stopped; a training run saves a checkpoint first "
+                "and can be resumed later with \u201cContinue from last model\u201d.")
+    return (f"{what} is still running. Cancel it? (Yes: stop it now; a training run saves a checkpoint first. "
+            "No: let it finish in the background; its model and predictions are kept on disk, but not loaded "
+            "into the new scene.)")
 
 
 def unlabeled_candidates(volume_ids: Sequence[str], labeled_volume_ids: Iterable[str]) -> list[str]:

@@ -32,7 +32,7 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import slicer
@@ -693,6 +693,7 @@ def write_training_job(
     predict_unlabeled: bool = True,
     file_suffix: str = ".nrrd",
     overwrite: bool = False,
+    progress: Callable[[int, int, str], None] | None = None,
 ) -> Path:
     """Export nodes as a generic dataset + job.json + nodes.json in ``job_dir``; return job.json's path.
 
@@ -705,6 +706,9 @@ def write_training_job(
     ``predict_unlabeled`` (default True): the worker also predicts every unlabeled volume after training.
     A volume listed both as unlabeled and for prediction is written (and predicted) once; a labeled
     volume may also be listed for prediction.
+
+    ``progress(done, total, name)`` is called before each volume is written (the panel shows it and
+    keeps its window responsive between files).
 
     DataError: no labeled pair (train/continue), a volume listed twice, an unlabeled volume that is
     also labeled, a pair whose extents do not overlap (naming both nodes), a label without the
@@ -775,8 +779,15 @@ def write_training_job(
         stale.unlink(missing_ok=True)
     dataset = job_dir / DATASET_FOLDER
     entries: list[_Entry] = []
+    total_files = len(labeled_cases) + len(unlabeled_cases) + len(predict_cases)
+
+    def report(node: Any) -> None:
+        if progress is not None:
+            progress(len(entries), total_files, node.GetName())
+
     try:
         for case, volume, label in labeled_cases:
+            report(volume)
             image_rel = f"{DATASET_FOLDER}/imagesTr/{case.id}{file_suffix}"
             label_rel = f"{DATASET_FOLDER}/labelsTr/{case.id}{file_suffix}"
             write_image(job_dir / image_rel, case.image, case)
@@ -784,15 +795,19 @@ def write_training_job(
             entries.append(_Entry("labeled", case.id, image_rel, volume.GetID(), volume.GetName(),
                                   label_rel, label.GetID(), label.GetName()))
         for case, volume in unlabeled_cases:
+            report(volume)
             image_rel = f"{DATASET_FOLDER}/imagesUnlabeled/{case.id}{file_suffix}"
             write_image(job_dir / image_rel, case.image, case)
             entries.append(_Entry("unlabeled", case.id, image_rel, volume.GetID(), volume.GetName()))
         for case, volume in predict_cases:
+            report(volume)
             image_rel = f"{PREDICT_FOLDER}/{case.id}{file_suffix}"
             write_image(job_dir / image_rel, case.image, case)
             entries.append(_Entry("predict", case.id, image_rel, volume.GetID(), volume.GetName()))
     except OSError as exc:
         raise DataError(f"cannot write the training data into {job_dir}: {exc.strerror or exc}") from exc
+    if progress is not None:
+        progress(total_files, total_files, "")
 
     has_dataset = bool(labeled_cases)
     # without labeled cases (a predict-only job) the unlabeled volumes are just more volumes to predict
@@ -877,8 +892,10 @@ def _read_on_volume_grid(path: Path, volume_node: Any, interpolator: str) -> np.
 
 
 def _find_volume(scene: Any, node_id: str | None, node_name: str | None) -> Any:
+    """The volume a job entry came from: by node ID (a volume renamed during training is still found),
+    else by name (a scene saved and reloaded in between)."""
     node = scene.GetNodeByID(node_id) if node_id else None
-    if node is not None and node.IsA("vtkMRMLScalarVolumeNode") and (node_name is None or node.GetName() == node_name):
+    if node is not None and node.IsA("vtkMRMLScalarVolumeNode") and not node.IsA("vtkMRMLLabelMapVolumeNode"):
         return node
     if node_name:
         nodes = scene.GetNodesByClassByName("vtkMRMLScalarVolumeNode", node_name)
@@ -901,7 +918,8 @@ def load_predictions(
 
     Predictions come from the worker's ``prediction`` events when given (``output``, optional
     ``confidence``), otherwise from ``<output_dir>/predictions/<case id>.*``.  Volumes are found through
-    ``nodes.json`` (node ID, then name).  A prediction whose volume is gone is skipped with a message.
+    ``nodes.json`` (node ID, then name: a volume renamed meanwhile keeps its prediction).  A prediction
+    whose volume is gone is skipped with a message.
     """
     job_dir = Path(job_dir)
     mapping_path = job_dir / NODES_FILE
@@ -966,3 +984,38 @@ def load_predictions(
             logger.warning(result.message)
         results.append(result)
     return results
+
+
+# --------------------------------------------------------------------------------------------------
+# sample data
+
+
+def add_phantom_sample(scene: Any, preset: str, num_labeled: int = 3, num_unlabeled: int = 4,
+                       seed: int = 0) -> tuple[list[tuple[Any, Any]], list[Any]]:
+    """Add synthetic cases of ``preset`` to the scene, for trying the whole loop without data.
+
+    Returns the labeled (volume, segmentation) pairs (segments named, coloured and coded like
+    predictions) and the unlabeled volumes; every node is new.  ACDC: short-axis stacks with RV, Myo
+    and LV; LA: a 3D atrium with a pulmonary vein (``data.phantoms``).
+    """
+    from .data import phantoms
+
+    preset = preset.lower()
+    terminology.classes(preset)
+    rng = np.random.default_rng(seed)
+    pairs, unlabeled = [], []
+    for index in range(num_labeled + num_unlabeled):
+        name = f"ACTION++ {preset.upper()} phantom {index + 1}"
+        if preset == "acdc":
+            case = phantoms.cardiac_phantom_case(rng, name, num_slices=8, size=(128, 128))
+            case.spacing = (1.5, 1.5, 8.0)
+        else:
+            case = phantoms.atrium_phantom_case(rng, name, shape=(40, 96, 96))
+            case.spacing = (0.625, 0.625, 1.25)
+        volume = volume_node_from_case(scene, case, name)
+        if index < num_labeled:
+            segmentation = add_prediction_to_scene(scene, case.label, volume, preset, name=f"{name} segmentation")
+            pairs.append((volume, segmentation))
+        else:
+            unlabeled.append(volume)
+    return pairs, unlabeled

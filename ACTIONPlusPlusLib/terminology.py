@@ -12,6 +12,11 @@ Slicer serialises a segment's terminology (tag ``TerminologyEntry`` of ``vtkSegm
 
 (checked against ``vtkSlicerTerminologiesModuleLogic.SerializeTerminologyEntry`` of slicer-core 5.11 in
 ``Testing/test_scene_terminology.py``).
+
+Our entries point at our own terminology context, ``ACTIONPlusPlus/Resources/Terminology/
+ACTIONPlusPlus.term.json`` (every preset segment with its SNOMED CT code, name and colour), which the
+module loads at Slicer's start-up: Slicer's "General Anatomy" list has no left atrium or myocardium and
+names the ventricles differently.  :func:`terminology_document` is that file's content.
 """
 
 from __future__ import annotations
@@ -19,7 +24,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-TERMINOLOGY_CONTEXT = "Segmentation category and type - 3D Slicer General Anatomy list"
+TERMINOLOGY_CONTEXT = "Segmentation category and type - ACTION++ cardiac structures"
+TERMINOLOGY_FILE_NAME = "ACTIONPlusPlus.term.json"  # in ACTIONPlusPlus/Resources/Terminology/
+SEGMENT_CONTEXT_SCHEMA = "https://raw.githubusercontent.com/qiicr/dcmqi/master/doc/schemas/segment-context-schema.json#"
 ANATOMIC_CONTEXT = "Anatomic codes - DICOM master list"
 CATEGORY = ("SCT", "123037004", "Anatomical Structure")
 
@@ -114,7 +121,7 @@ def class_value_for_segment_name(preset: str, name: str) -> int | None:
 
 
 def terminology_entry(type_code: str, type_meaning: str, category: tuple[str, str, str] = CATEGORY) -> str:
-    """Slicer's serialised terminology entry for an SCT type in the General Anatomy context."""
+    """Slicer's serialised terminology entry for an SCT type in our terminology context."""
     cat = "^".join(category)
     typ = f"SCT^{type_code}^{type_meaning}"
     return f"{TERMINOLOGY_CONTEXT}~{cat}~{typ}~^^~{ANATOMIC_CONTEXT}~^^~^^"
@@ -157,3 +164,28 @@ def accepted_names(preset: str) -> list[str]:
         others = [s for s in info.synonyms if s != info.name.lower()][:4]
         out.append(f"{info.name} ({', '.join(others)}, ...)")
     return out
+
+
+def all_classes() -> list[ClassInfo]:
+    """Every class of every preset, once each (by SNOMED code)."""
+    out: dict[str, ClassInfo] = {}
+    for infos in PRESET_CLASSES.values():
+        for info in infos:
+            out.setdefault(info.code, info)
+    return list(out.values())
+
+
+def terminology_document() -> dict:
+    """Our terminology context in Slicer's segment-context JSON format (the shipped file's content)."""
+    scheme, code, meaning = CATEGORY
+    types = [
+        {"CodingSchemeDesignator": "SCT", "CodeValue": info.code, "CodeMeaning": info.meaning,
+         "3dSlicerLabel": info.name, "recommendedDisplayRGBValue": list(info.rgb)}
+        for info in sorted(all_classes(), key=lambda i: i.name)
+    ]
+    return {
+        "SegmentationCategoryTypeContextName": TERMINOLOGY_CONTEXT,
+        "@schema": SEGMENT_CONTEXT_SCHEMA,
+        "SegmentationCodes": {"Category": [{"CodingSchemeDesignator": scheme, "CodeValue": code, "CodeMeaning": meaning,
+                                            "showAnatomy": "false", "Type": types}]},
+    }

@@ -154,3 +154,39 @@ def test_usage_error_and_help_exit_codes(batch_module, capsys):
     assert batch_module.main(["--help"]) == 0
     assert "--labeled" in capsys.readouterr().out
     assert batch_module.main([]) == 2
+
+
+def _run_hidden(hidden, *args, timeout=300):
+    """The batch script as a subprocess with packages hidden (importing them fails, find_spec says None)."""
+    code = ("import runpy, sys\n"
+            f"for name in {list(hidden)!r}: sys.modules[name] = None\n"
+            f"sys.argv = [{str(SCRIPT)!r}] + sys.argv[1:]\n"
+            f"runpy.run_path({str(SCRIPT)!r}, run_name='__main__')\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, env=env, cwd=REPO)
+
+
+@pytest.mark.parametrize("hidden,named", [(["psutil"], "psutil>=5.9"), (["torch"], "torch>=2.1"),
+                                          (["torch", "psutil"], "torch>=2.1, psutil>=5.9")])
+def test_missing_packages_give_the_install_command_not_a_traceback(inputs, tmp_path, hidden, named):
+    result = _run_hidden(hidden, "--preset", "acdc", "--labeled", f"{inputs / 'a.nrrd'}:{inputs / 'a.seg.nrrd'}",
+                         "--out", tmp_path / "o")
+    assert result.returncode == 2, result.stderr
+    assert f"Missing Python packages: {named}" in result.stderr
+    assert "-m pip install" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "o").exists()  # checked before anything was written
+
+
+def test_budget_choices_and_where(batch_module, capsys):
+    assert batch_module._iterations("acdc", "quick") == {"budget_iterations": 600}
+    assert "budget: 600 iterations (pre-training 100 + 100, fine-tuning 400)" in capsys.readouterr().out
+    assert batch_module._iterations("la", "paper") == {"budget_iterations": 0}
+    assert batch_module._iterations("acdc", "2000") == {"budget_iterations": 2000}
+    assert batch_module._iterations("acdc", "1,2,3") == {"budget_iterations": 0, "pretrain_warmup_iterations": 1,
+                                                         "pretrain_joint_iterations": 2, "finetune_iterations": 3}
+    assert batch_module._iterations("acdc", "quick", minutes=10, speed=0.5) == {"budget_iterations": 1200}
+    batch_module._iterations("acdc", "50")
+    assert "note: a budget of 50 iterations" in capsys.readouterr().out  # the dropped phases are said
+    assert batch_module.main(["--where"]) == 0
+    assert capsys.readouterr().out.strip() == str(SCRIPT.resolve())

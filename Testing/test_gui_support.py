@@ -31,41 +31,116 @@ def test_preset_summary_names_network_classes_and_segments():
         assert name in acdc
 
 
-def test_iterations_paper_follow_the_preset():
+def test_budget_paper_is_the_presets_explicit_schedule():
     for name in config.PRESETS:
         cfg = config.preset(name)
-        assert gs.iterations_for(name, "paper") == {
-            "pretrain_warmup_iterations": cfg.pretrain_warmup_iterations,
-            "pretrain_joint_iterations": cfg.pretrain_joint_iterations,
-            "finetune_iterations": cfg.finetune_iterations,
-        }
+        paper = gs.budget_for(name, "paper")
+        assert paper.budget_iterations == 0 and paper.overrides == {"budget_iterations": 0}
+        assert (paper.warmup, paper.joint, paper.finetune) == (
+            cfg.pretrain_warmup_iterations, cfg.pretrain_joint_iterations, cfg.finetune_iterations)
 
 
-def test_iterations_quick_is_small_and_has_both_stages():
+def test_budget_quick_is_one_number_laid_out_over_both_stages():
+    assert gs.QUICK_BUDGET == {"acdc": 600, "la": 400}
     for name in config.PRESETS:
-        quick = gs.iterations_for(name, "QUICK")
-        paper = gs.iterations_for(name, "paper")
-        assert set(quick) == set(gs.ITERATION_KEYS)
-        assert all(v > 0 for v in quick.values())
-        assert sum(quick.values()) * 10 <= sum(paper.values())
-        # the quick numbers are valid config overrides
-        config.preset(name, **quick)
+        quick = gs.budget_for(name, "QUICK")
+        assert quick.budget_iterations == gs.QUICK_BUDGET[name] == quick.total
+        assert quick.warmup > 0 and quick.joint > 0 and quick.finetune > 0 and not quick.notes
+        cfg = config.preset(name, **quick.overrides)  # a valid override, and the trainer lays it out the same
+        lengths = cfg.phase_lengths()
+        assert (lengths.warmup, lengths.joint, lengths.finetune) == (quick.warmup, quick.joint, quick.finetune)
+        assert quick.total * 10 <= gs.budget_for(name, "paper").total
+    assert gs.budget_for("acdc", "quick").summary == "600 iterations (pre-training 100 + 100, fine-tuning 400)"
 
 
-def test_iterations_custom_and_errors():
-    assert gs.iterations_for("la", "custom", (1, 2, 3)) == dict(zip(gs.ITERATION_KEYS, (1, 2, 3)))
-    assert gs.iterations_for("acdc", "custom", (0, 0, 5))["finetune_iterations"] == 5
-    with pytest.raises(ValueError, match="three numbers"):
-        gs.iterations_for("la", "custom", (1, 2))
-    with pytest.raises(ValueError, match=">= 0"):
-        gs.iterations_for("la", "custom", (1, -2, 3))
-    with pytest.raises(ValueError, match="at least one"):
-        gs.iterations_for("la", "custom", (0, 0, 0))
-    with pytest.raises(ValueError, match="unknown iterations mode"):
-        gs.iterations_for("la", "slow")
+def test_budget_custom_iterations_minutes_and_errors():
+    custom = gs.budget_for("acdc", "custom", 3000)
+    assert custom.overrides == {"budget_iterations": 3000} and custom.total == 3000
+    small = gs.budget_for("acdc", "custom", 60)
+    assert small.warmup == 0 and small.finetune == 60 and small.notes  # the budget module says what it dropped
+    measured = gs.budget_for("acdc", "custom", 10, "minutes", seconds_per_iteration=0.5)
+    assert measured.budget_iterations == 1200 and "measured 0.50 s" in measured.notes[0]
+    assumed = gs.budget_for("la", "custom", 30, "minutes")
+    assert assumed.budget_iterations == 300 and "assumed 6.0 s" in assumed.notes[0]
+    with pytest.raises(ValueError, match="at least 1"):
+        gs.budget_for("la", "custom", 0)
+    with pytest.raises(ValueError, match="positive"):
+        gs.budget_for("la", "custom", 0, "minutes")
+    with pytest.raises(ValueError, match="unknown budget unit"):
+        gs.budget_for("la", "custom", 5, "hours")
+    with pytest.raises(ValueError, match="unknown budget"):
+        gs.budget_for("la", "slow")
     with pytest.raises(ValueError, match="unknown preset"):
-        gs.iterations_for("brain", "paper")
-    assert gs.iterations_summary({"pretrain_warmup_iterations": 1, "pretrain_joint_iterations": 2, "finetune_iterations": 3}).endswith("(total 6)")
+        gs.budget_for("brain", "paper")
+
+
+def test_explicit_iterations_for_the_batch_scripts_w_j_f():
+    assert gs.explicit_iterations((1, 2, 3)) == {"budget_iterations": 0, **dict(zip(gs.ITERATION_KEYS, (1, 2, 3)))}
+    with pytest.raises(ValueError, match="three numbers"):
+        gs.explicit_iterations((1, 2))
+    with pytest.raises(ValueError, match=">= 0"):
+        gs.explicit_iterations((1, -2, 3))
+    with pytest.raises(ValueError, match="at least one"):
+        gs.explicit_iterations((0, 0, 0))
+
+
+def test_estimated_time_from_the_measured_speed():
+    events = [  # a recorded stream: windows of 10 iterations at 1 s/it, then 30 at 3 s/it
+        {"event": "stage", "stage": "pretrain", "total": 40},
+        {"event": "progress", "overall_iteration": 10, "seconds_per_iteration": 1.0},
+        {"event": "checkpoint", "path": "x"},
+        {"event": "progress", "overall_iteration": 40, "seconds_per_iteration": 3.0},
+    ]
+    assert gs.measured_seconds_per_iteration(events) == pytest.approx((10 * 1 + 30 * 3) / 40)
+    assert gs.measured_seconds_per_iteration([{"event": "start"}]) is None
+    quick = gs.budget_for("acdc", "quick")
+    assert gs.estimate_text(quick, "cuda", 0.1, "acdc").endswith("about 1m00s on cuda (measured 0.10 s/it)")
+    assert "assumed 2.0 s/it" in gs.estimate_text(quick, "cpu", None, "acdc")
+    assert "about 20m00s" in gs.estimate_text(quick, "cpu", None, "acdc")
+    assert gs.speed_key("ACDC", "cuda") == "ACTIONPlusPlus/SecondsPerIteration/acdc-cuda"
+
+
+def test_device_choice_maps_gpu_to_cuda_or_mps():
+    cuda = {"cuda_available": True, "mps_available": False}
+    mac = {"cuda_available": False, "mps_available": True}
+    assert gs.job_device("GPU", cuda) == "cuda" and gs.job_device("GPU", mac) == "mps"
+    assert gs.job_device("GPU", None) == "cuda" and gs.job_device("CPU", mac) == "cpu"
+    assert gs.effective_device("auto", mac) == "mps" and gs.effective_device("auto", cuda) == "cuda"
+    assert gs.effective_device("auto", None) == "cpu" and gs.effective_device("GPU", None) == "cuda"
+
+
+# ------------------------------------------------------------------------------------------ output folder
+
+
+def test_default_output_folder_is_persistent_and_per_user(tmp_path):
+    assert gs.default_output_root(tmp_path) == str(tmp_path / "ACTIONPlusPlus")
+    default = Path(gs.default_output_root())
+    assert default.is_absolute() and default.parent == Path.home()
+    import tempfile
+
+    assert not str(default).startswith(tempfile.gettempdir())
+
+
+def test_output_folder_validation(tmp_path):
+    assert gs.output_root_problem(str(tmp_path / "new")) is None  # may not exist yet
+    assert "Choose an output folder" in gs.output_root_problem("")
+    assert "Choose an output folder" in gs.output_root_problem(None)
+    for relative in (".", "..", "runs", "./runs"):
+        assert "relative path" in gs.output_root_problem(relative), relative
+    afile = tmp_path / "f.txt"
+    afile.write_text("x")
+    assert "is a file" in gs.output_root_problem(str(afile))
+    assert gs.output_root_problem("~/ACTIONPlusPlus") is None  # the user's home is expanded
+    temporary = tmp_path / "SlicerTemp"
+    assert "temporary folder" in gs.output_root_warning(str(temporary / "ACTIONPlusPlus"), str(temporary))
+    assert gs.output_root_warning(str(tmp_path / "mine"), str(temporary)) is None
+    # the panel's start value: the scene's folder, else the last chosen, else the default
+    assert gs.initial_output_root(str(tmp_path / "a"), str(tmp_path / "b"), tmp_path) == str(tmp_path / "a")
+    assert gs.initial_output_root(".", str(tmp_path / "b"), tmp_path) == str(tmp_path / "b")
+    assert gs.initial_output_root("", "relative", tmp_path) == str(tmp_path / "ACTIONPlusPlus")
+    for bad in (".", "relative/path", ""):
+        with pytest.raises(ValueError):
+            gs.plan_run(gs.PanelSettings(output_root=bad))
 
 
 # ------------------------------------------------------------------------------- run plan, job options
@@ -117,14 +192,18 @@ def test_plan_run_fresh_resume_and_continue(tmp_path):
 
 
 def test_build_job_options_matches_the_job_fields(tmp_path):
-    settings = gs.PanelSettings(preset="acdc", iterations_mode="quick", device="GPU", confidence=True, seed=3,
+    settings = gs.PanelSettings(preset="acdc", budget_mode="quick", device="GPU", confidence=True, seed=3,
                                 output_root=str(tmp_path), extra_overrides={"patch_size": [64, 64]})
     plan = gs.plan_run(settings)
     options = gs.build_job_options(settings, plan)
     assert options["device"] == "cuda"
     assert options["write_confidence"] is True and options["seed"] == 3
     assert options["mode"] == "train" and options["resume"] is False and options["model"] is None
-    assert options["overrides"] == {**gs.QUICK_ITERATIONS["acdc"], "patch_size": [64, 64]}
+    assert options["overrides"] == {"budget_iterations": 600, "patch_size": [64, 64]}
+    custom = gs.PanelSettings(preset="la", budget_mode="custom", budget_value=20, budget_unit="minutes",
+                              seconds_per_iteration=2.0, output_root=str(tmp_path))
+    assert gs.build_job_options(custom)["overrides"] == {"budget_iterations": 600}
+    assert gs.build_job_options(gs.PanelSettings(device="mps"))["device"] == "mps"
     config.preset("acdc", **options["overrides"])  # valid overrides
 
     from ACTIONPlusPlusLib.jobs import TrainingJob
@@ -359,7 +438,8 @@ def test_requirements_are_checked_by_version():
             raise importlib.metadata.PackageNotFoundError(name)
         return versions[name]
 
-    assert gs.missing_requirements(gs.EXTRA_REQUIREMENTS, version_of) == ["medpy>=0.5"]
+    assert gs.missing_requirements(gs.ALL_REQUIREMENTS, version_of) == ["medpy>=0.5"]
+    assert gs.missing_requirements(gs.EXTRA_REQUIREMENTS, version_of) == []  # the panel needs no medpy
     assert gs.missing_requirements(["absent>=1", "psutil"], version_of) == ["absent>=1"]
     assert gs.requirement_satisfied("tqdm>=4.60", version_of)
     assert not gs.requirement_satisfied("tqdm>=4.67", version_of)
@@ -370,18 +450,21 @@ def test_extra_requirements_match_pyproject_and_never_touch_protected_packages()
 
     pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
     declared = {r.split(">=")[0].strip().lower(): r for r in pyproject["project"]["dependencies"]}
-    for requirement in (*gs.EXTRA_REQUIREMENTS, gs.TORCH_REQUIREMENT):
+    for requirement in (*gs.ALL_REQUIREMENTS, gs.TORCH_REQUIREMENT):
         name = requirement.split(">=")[0].lower()
         assert name in declared, f"{requirement} is not a dependency in pyproject.toml"
     protected = {p.lower() for p in gs.PROTECTED_PACKAGES}
     assert {"simpleitk", "torch"} <= protected
-    assert not any(r.split(">=")[0].lower() in protected for r in gs.EXTRA_REQUIREMENTS)
-    commands = gs.pip_install_commands(gs.EXTRA_REQUIREMENTS)
+    assert not any(r.split(">=")[0].lower() in protected for r in gs.ALL_REQUIREMENTS)
+    # the panel installs only what its path (runner, worker train / predict) imports
+    assert gs.EXTRA_REQUIREMENTS == ("psutil>=5.9",)
+    assert set(gs.OPTIONAL_REQUIREMENTS) == {"h5py>=3.8", "medpy>=0.5", "tqdm>=4.60"}
+    commands = gs.pip_install_commands(gs.ALL_REQUIREMENTS)
     assert "medpy>=0.5 --no-deps" in commands  # medpy would otherwise pull SimpleITK
     assert all("--no-deps" not in c for c in commands if not c.startswith("medpy"))
     # every other dependency of pyproject.toml is something Slicer ships
     shipped = {"numpy", "scipy", "simpleitk"}
-    covered = {r.split(">=")[0].lower() for r in (*gs.EXTRA_REQUIREMENTS, gs.TORCH_REQUIREMENT)}
+    covered = {r.split(">=")[0].lower() for r in (*gs.ALL_REQUIREMENTS, gs.TORCH_REQUIREMENT)}
     assert set(declared) <= covered | shipped, set(declared) - covered - shipped
 
 
@@ -444,3 +527,129 @@ def test_dice_and_chance():
     f = 32 / 200
     assert gs.chance_dice(ref, 1) == pytest.approx(2 * f / (1 + f))
     assert gs.dice(np.ones_like(ref), ref, 1) == pytest.approx(gs.chance_dice(ref, 1))
+
+
+# ------------------------------------------------------------------ torch version, install steps, packages
+
+
+def _versions(**installed):
+    def version_of(name):
+        if name not in installed:
+            raise importlib.metadata.PackageNotFoundError(name)
+        return installed[name]
+
+    return version_of
+
+
+def test_torch_version_is_checked_without_importing_it():
+    assert gs.torch_version_problem(_versions(torch="2.13.0+cu128")) is None
+    assert gs.torch_version_problem(_versions()) is None  # absent: the installer's job, not a version problem
+    problem = gs.torch_version_problem(_versions(torch="1.13.1+cu117"))
+    assert "torch 1.13.1+cu117 is installed" in problem and "torch>=2.1" in problem
+    assert "PyTorch Utils" in problem and "forceReinstall=True" in problem and "restart Slicer" in problem
+
+
+def test_install_steps_each_with_a_manual_command():
+    steps = gs.install_steps(True, ["psutil>=5.9"], torch_via_extension=True, has_pip_ensure=False)
+    assert [s.method for s in steps] == ["pytorch-extension", "pip_install"]
+    assert "PyTorch extension" in steps[0].title and "installTorch(askConfirmation=True" in steps[0].manual
+    assert steps[1].manual == "slicer.util.pip_install('psutil>=5.9')"
+    assert [s.method for s in gs.install_steps(True, [], torch_via_extension=False, has_pip_ensure=True)] == ["pip_ensure"]
+    assert gs.install_steps(False, [], True) == []
+    medpy = gs.install_steps(False, ["medpy>=0.5"])[0]
+    assert "--no-deps" in medpy.manual
+    failure = gs.install_failure_text(steps[1], OSError("no network"))
+    assert "failed (no network)" in failure and "Python console" in failure and steps[1].manual in failure
+
+
+def test_package_info_line():
+    line = gs.package_info_line(_versions(torch="2.13.0", psutil="7.2.2"), "3.12.4", {"torch_cuda": "12.8"})
+    assert line == "ACTION++ 0.1.0 \u00b7 Python 3.12.4 \u00b7 torch 2.13.0 (CUDA 12.8) \u00b7 psutil 7.2.2"
+    assert "torch not installed" in gs.package_info_line(_versions(psutil="7"), "3.12.4")
+
+
+def test_format_device_info_mps_precision_and_errors():
+    mac = {"torch": "2.13.0", "torch_cuda": None, "cuda_available": False, "mps_available": True}
+    assert gs.format_device_info(mac).startswith("GPU: Apple MPS")
+    t4 = {"torch": "2.13.0", "torch_cuda": "12.8", "cuda_available": True,
+          "cuda_devices": [{"name": "Tesla T4", "memory_gib": 15.0, "precision": "fp16 mixed precision with loss scaling"}]}
+    assert gs.format_device_info(t4) == "GPU: Tesla T4 (15.0 GiB, fp16) \u00b7 torch 2.13.0 (CUDA 12.8)"
+    assert "exit code 1" in gs.format_device_info({"error": "the device query failed (exit code 1)"})
+
+
+def test_close_during_run_questions():
+    assert "checkpoint" in gs.close_during_run_question("train", "application")
+    assert "background" in gs.close_during_run_question("predict", "scene")
+    assert gs.close_during_run_question("predict", "scene").startswith("Prediction")
+
+
+# ------------------------------------------------------------------- pseudo-labels and the loss chart
+
+
+def _finetune_event(iteration, pseudo_myo, loss=0.5):
+    return {"event": "progress", "stage": "finetune", "phase": "finetune", "iteration": iteration, "total": 100,
+            "overall_iteration": 20 + iteration, "overall_total": 120, "loss": loss,
+            "losses": {"total": loss, "sup": loss / 2, "unsup": 0.1}, "seconds_per_iteration": 0.2, "eta_seconds": 10,
+            "pseudo_labels": {"labeled_fraction": {"background": 0.7, "RV": 0.1, "Myo": 0.1, "LV": 0.1},
+                              "pseudo_fraction": {"background": 0.8 - pseudo_myo, "RV": 0.1, "Myo": pseudo_myo, "LV": 0.1},
+                              "mask_fraction": 0.62}}
+
+
+def test_pseudo_label_report_and_collapse():
+    healthy = _finetune_event(10, 0.09)["pseudo_labels"]
+    line = gs.format_pseudo_labels(healthy)
+    assert line.startswith("Pseudo-labels: 62% of unlabeled pixels kept")
+    assert "Myo 9% (labeled 10%)" in line and "background" not in line and "collapsing" not in line
+    assert gs.pseudo_label_collapse(healthy) == []
+    collapsed = _finetune_event(20, 0.01)["pseudo_labels"]
+    assert gs.pseudo_label_collapse(collapsed) == ["Myo"]
+    assert gs.format_pseudo_labels(collapsed).endswith("collapsing: Myo")
+    assert gs.format_pseudo_labels(None) is None and gs.pseudo_label_collapse({}) == []
+
+
+def test_loss_history_from_a_recorded_event_stream():
+    history = gs.LossHistory()
+    stream = [{"event": "stage", "stage": "pretrain", "total": 20},
+              {"event": "progress", "stage": "pretrain", "phase": "warmup", "overall_iteration": 10, "loss": 2.0,
+               "losses": {"total": 2.0, "global": 2.0}},
+              {"event": "checkpoint", "path": "x"},
+              _finetune_event(10, 0.09, loss=0.8), _finetune_event(20, 0.01, loss=0.6)]
+    added = [history.add(e) for e in stream]
+    assert added == [False, True, False, True, True]
+    assert history.columns[:3] == ["iteration", "loss", "loss global"]
+    assert history.column("iteration") == [10.0, 30.0, 40.0]
+    assert history.column("loss") == [2.0, 0.8, 0.6]
+    assert np.isnan(history.column("loss sup")[0]) and history.column("loss sup")[1:] == [0.4, 0.3]
+    assert history.column("pseudo Myo")[1:] == [0.09, 0.01] and history.column("labeled Myo")[2] == 0.1
+    assert history.column("mask fraction")[1:] == [0.62, 0.62]
+    assert "loss" in history.loss_columns and "loss total" not in history.columns
+    assert set(history.fraction_columns) == {f"{k} {c}" for k in ("pseudo", "labeled") for c in ("RV", "Myo", "LV")} | {"mask fraction"}
+
+
+def test_progress_tracker_shows_pseudo_labels_and_warns_once_on_collapse():
+    tracker = gs.ProgressTracker()
+    line = tracker.handle(_finetune_event(10, 0.09))
+    assert "\n  Pseudo-labels: 62%" in line and not tracker.warnings
+    line = tracker.handle(_finetune_event(20, 0.01))
+    assert "pseudo-labels collapsing: Myo" in tracker.status and "Warning: pseudo-labels of Myo" in line
+    tracker.handle(_finetune_event(30, 0.01))
+    assert len(tracker.warnings) == 1  # once per class, not on every line
+    assert len(tracker.history.rows) == 3 and tracker.seconds_per_iteration == pytest.approx(0.2)
+
+
+def test_worker_path_imports_no_medpy_h5py_or_tqdm():
+    """The panel installs neither: the worker's train / predict path must import without them."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "for name in ('medpy', 'h5py', 'tqdm'): sys.modules[name] = None  # hidden: importing them fails\n"
+            "import ACTIONPlusPlusLib.worker, ACTIONPlusPlusLib.training, ACTIONPlusPlusLib.inference\n"
+            "import ACTIONPlusPlusLib.model_io, ACTIONPlusPlusLib.data.layout, ACTIONPlusPlusLib.data.generic\n"
+            "import ACTIONPlusPlusLib.runner, ACTIONPlusPlusLib.jobs, ACTIONPlusPlusLib.gui_support\n"
+            "from ACTIONPlusPlusLib.data.layout import load_dataset\n"
+            "print('ok')\n")
+    repo = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=repo,
+                            env={**os.environ, "PYTHONPATH": str(repo)})
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]

@@ -27,7 +27,7 @@ SCREENSHOT = REPO / "ACTIONPlusPlus" / "Resources" / "Screenshots" / "panel.png"
 LIB = REPO / "ACTIONPlusPlusLib"
 
 # what Slicer's Python offers besides the standard library
-SLICER_TOP_LEVEL = {"qt", "ctk", "vtk", "slicer", "numpy", "packaging", "PyTorchUtils", "ACTIONPlusPlusLib"}
+SLICER_TOP_LEVEL = {"qt", "ctk", "vtk", "slicer", "numpy", "packaging", "PyTorchUtils", "SampleData", "ACTIONPlusPlusLib"}
 SLICER_SUBMODULES = {"slicer.ScriptedLoadableModule", "slicer.util", "slicer.parameterNodeWrapper", "slicer.i18n"}
 # names a scripted module may import directly from ``slicer``
 SLICER_NAMES = {"vtkMRMLScalarVolumeNode", "vtkMRMLSegmentationNode", "vtkMRMLLabelMapVolumeNode", "vtkMRMLScriptedModuleNode"}
@@ -121,6 +121,53 @@ def test_torch_is_never_imported_by_the_module_file(tree):
             assert (node.module or "").split(".")[0] != "torch"
 
 
+def test_no_torch_in_slicers_process_when_the_panel_opens(tree):
+    """The device list comes from a child process (runner.DeviceProbe), never from describe_devices here."""
+    source = MODULE_FILE.read_text()
+    assert "describe_devices" not in source and "ACTIONPlusPlusLib.device" not in source
+    assert "DeviceProbe" in source
+    for node in ast.walk(tree):  # the Lib modules the panel imports never import torch at their top level
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("ACTIONPlusPlusLib"):
+            for alias in node.names:
+                module = node.module if node.module != "ACTIONPlusPlusLib" else f"ACTIONPlusPlusLib.{alias.name}"
+                if _module_ast(module) is None:
+                    module = node.module
+                top = _module_ast(module)
+                imported = {n.names[0].name.split(".")[0] for n in top.body if isinstance(n, ast.Import)}
+                imported |= {(n.module or "").split(".")[0] for n in top.body if isinstance(n, ast.ImportFrom)}
+                if module not in ("ACTIONPlusPlusLib.scene", "ACTIONPlusPlusLib.charts"):  # bridge: imported on use
+                    assert "torch" not in imported, f"{module} imports torch at its top level"
+
+
+def _function(tree, cls, name):
+    klass = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == cls)
+    return next(f for f in klass.body if isinstance(f, ast.FunctionDef) and f.name == name)
+
+
+def test_train_button_never_cancels_a_prediction(tree):
+    """Cancel has its own button; Train is disabled while anything runs."""
+    source = MODULE_FILE.read_text()
+    assert 'cancelButton.connect("clicked(bool)", self.onCancel)' in source
+    train = ast.unparse(_function(tree, "ACTIONPlusPlusWidget", "onTrainButton"))
+    assert "onCancel" not in train and "request_cancel" not in train
+    buttons = ast.unparse(_function(tree, "ACTIONPlusPlusWidget", "updateButtons"))
+    assert "self.ui.trainButton" in buttons and "cancelButton.visible" in buttons
+
+
+def test_self_test_run_does_not_skip_with_an_error_dialog(tree):
+    run = ast.unparse(_function(tree, "ACTIONPlusPlusTest", "runTest"))
+    assert "skipTest" not in run and "return" in run and "_missingDependencies" in run
+
+
+def test_terminology_and_sample_data_at_startup(tree):
+    init = ast.unparse(_function(tree, "ACTIONPlusPlus", "__init__"))
+    assert "startupCompleted()" in init
+    started = ast.unparse(_function(tree, "ACTIONPlusPlus", "onStartupCompleted"))
+    assert "loadTerminology" in started and "registerSampleData" in started
+    source = MODULE_FILE.read_text()
+    assert '"Terminology", terminology.TERMINOLOGY_FILE_NAME' in source and "LoadTerminologyFromFile" in source
+
+
 def test_conventional_classes(tree):
     classes = {node.name: [ast.unparse(b) for b in node.bases] for node in tree.body if isinstance(node, ast.ClassDef)}
     assert classes["ACTIONPlusPlus"] == ["ScriptedLoadableModule"]
@@ -164,8 +211,9 @@ def test_bridge_and_runner_calls_match_their_signatures():
 
     source = MODULE_FILE.read_text()
     write = inspect.signature(scene.write_training_job).parameters
-    for keyword in re.findall(r"\b(output_dir|predict_unlabeled)=", source):
+    for keyword in re.findall(r"\b(output_dir|predict_unlabeled|progress)=", source):
         assert keyword in write
+    assert "progress" in write
     load = inspect.signature(scene.load_predictions).parameters
     assert "with_confidence" in load
     worker = inspect.signature(runner.WorkerProcess).parameters
@@ -246,8 +294,8 @@ def test_ui_bindings_match_the_parameter_node(tree, ui):
     bindings = _bindings(ui)
     unknown = sorted(set(bindings) - set(fields))
     assert not unknown, f"SlicerParameterName without a parameter: {unknown}"
-    for name in ("preset", "iterationsMode", "device", "outputFolder", "continueTraining", "modelPath", "confidence",
-                 "warmupIterations", "jointIterations", "finetuneIterations", "predictVolume"):
+    for name in ("preset", "budgetMode", "customBudget", "customBudgetUnit", "device", "outputFolder", "continueTraining",
+                 "modelPath", "confidence", "predictVolume", "showPseudoLabels"):
         assert name in bindings, f"{name} is not bound to a widget"
     # a QComboBox bound to a Choice lists exactly the choices, in order
     for name, widget in bindings.items():
@@ -266,11 +314,10 @@ def test_parameter_defaults_are_consistent(tree):
 
     defaults = {name: ast.literal_eval(node.value) for name, node in fields.items() if node.value is not None}
     preset = defaults["preset"].lower()
-    mode = defaults["iterationsMode"]
-    iterations = gui_support.iterations_for(preset, mode)
-    assert (defaults["warmupIterations"], defaults["jointIterations"], defaults["finetuneIterations"]) == tuple(
-        iterations[k] for k in gui_support.ITERATION_KEYS
-    )
+    for mode in gui_support.BUDGET_MODES:
+        for unit in gui_support.BUDGET_UNITS:
+            assert gui_support.budget_for(preset, mode, defaults["customBudget"], unit).total > 0
+    assert defaults["budgetMode"] in gui_support.BUDGET_MODES and defaults["customBudgetUnit"] in gui_support.BUDGET_UNITS
     assert defaults["device"].lower() in ("auto", "gpu", "cpu")
 
 
@@ -280,7 +327,7 @@ def test_parameter_defaults_are_consistent(tree):
 def render_panel(path: Path | None = None, sample: bool = True):
     """Load the .ui with PySide6 (Slicer's widgets replaced by their closest Qt look-alikes) and grab it."""
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-    from PySide6 import QtCore, QtUiTools, QtWidgets
+    from PySide6 import QtCore, QtGui, QtUiTools, QtWidgets
 
     standins = {
         "qMRMLNodeComboBox": QtWidgets.QComboBox,
@@ -332,36 +379,45 @@ def render_panel(path: Path | None = None, sample: bool = True):
         find(QtWidgets.QComboBox, "labeledSegmentationSelector").addItem("LA MRI 02 segmentation")
         find(QtWidgets.QComboBox, "predictVolumeSelector").addItem("LA MRI 06")
         find(QtWidgets.QComboBox, "resultSegmentationSelector").addItem("LA MRI 03 ACTION++")
-        iterations = gui_support.iterations_for("la", "paper")
-        find(QtWidgets.QComboBox, "iterationsComboBox").setCurrentText("paper")
-        for name, key in zip(("warmupIterationsSpinBox", "jointIterationsSpinBox", "finetuneIterationsSpinBox"), gui_support.ITERATION_KEYS):
-            spin = find(QtWidgets.QSpinBox, name)
-            spin.setValue(iterations[key])
-            spin.setEnabled(False)
+        find(QtWidgets.QComboBox, "budgetComboBox").setCurrentText("custom")
+        find(QtWidgets.QSpinBox, "customBudgetSpinBox").setValue(60)
+        find(QtWidgets.QComboBox, "customBudgetUnitComboBox").setCurrentText("minutes")
+        budget = gui_support.budget_for("la", "custom", 60, "minutes", seconds_per_iteration=0.27)
+        find(QtWidgets.QLabel, "budgetEstimateLabel").setText(gui_support.estimate_text(budget, "cuda", 0.27, "la"))
         find(QtWidgets.QLabel, "presetInfoLabel").setText(gui_support.preset_summary("la"))
-        find(QtWidgets.QLabel, "deviceInfoLabel").setText(gui_support.format_device_info(
-            {"torch": "2.13.0", "torch_cuda": "12.8", "cuda_available": True,
-             "cuda_devices": [{"name": "NVIDIA H100", "memory_gib": 79.6}]}))
-        find(QtWidgets.QLineEdit, "outputFolderPathLineEdit").setText("/tmp/Slicer/ACTIONPlusPlus")
-        find(QtWidgets.QLineEdit, "modelPathLineEdit").setText("/tmp/Slicer/ACTIONPlusPlus/run-20260301-101500/run/model.pt")
+        info = {"torch": "2.13.0", "torch_cuda": "12.8", "cuda_available": True,
+                "cuda_devices": [{"name": "NVIDIA H100", "memory_gib": 79.6, "precision": "bf16 mixed precision"}]}
+        find(QtWidgets.QLabel, "deviceInfoLabel").setText(gui_support.format_device_info(info))
+        versions = {"torch": "2.13.0", "psutil": "7.2.2"}
+        find(QtWidgets.QLabel, "packageInfoLabel").setText(
+            gui_support.package_info_line(versions.__getitem__, "3.12.10", info))
+        find(QtWidgets.QLineEdit, "outputFolderPathLineEdit").setText("/home/me/ACTIONPlusPlus")
+        find(QtWidgets.QLineEdit, "modelPathLineEdit").setText("/home/me/ACTIONPlusPlus/run-20260301-101500/run/model.pt")
         event = {"stage": "finetune", "phase": "finetune", "iteration": 1200, "total": 15000, "overall_iteration": 6200,
                  "overall_total": 20000, "loss": 0.43, "seconds_per_iteration": 0.21, "eta_seconds": 2898}
         find(QtWidgets.QProgressBar, "progressBar").setValue(int(gui_support.overall_percent(event)))
         find(QtWidgets.QLabel, "statusLabel").setText(gui_support.format_progress(event))
-        find(QtWidgets.QPushButton, "trainButton").setText("Cancel")  # while running, as the widget does:
-        for name in ("inputsCollapsibleButton", "iterationsComboBox", "deviceComboBox", "outputFolderPathLineEdit",
+        find(QtWidgets.QPushButton, "cancelButton").setVisible(True)  # while running, as the widget does:
+        for name in ("inputsCollapsibleButton", "trainButton", "budgetComboBox", "deviceComboBox", "outputFolderPathLineEdit",
                      "continueCheckBox", "predictButton", "addAsLabeledButton", "modelPathLineEdit",
-                     "predictVolumeSelector", "confidenceCheckBox"):
+                     "predictVolumeSelector", "confidenceCheckBox", "customBudgetSpinBox", "customBudgetUnitComboBox"):
             find(QtWidgets.QWidget, name).setEnabled(False)
+        tracker = gui_support.ProgressTracker()
+        for event in _sample_run():
+            tracker.handle(event)
+        chart = QtWidgets.QLabel()  # qMRMLPlotWidget, added by the module into its container, draws this with VTK
+        find(QtWidgets.QWidget, "lossChartContainer").layout().addWidget(chart)
+        _draw_chart(chart, tracker.history, QtCore, QtGui)
         log = find(QtWidgets.QPlainTextEdit, "logTextEdit")
-        log.setPlainText("Worker started on cuda (torch 2.13.0)\nStage 1/2 pre-training (warm-up): 5000 iterations\n"
-                         "Checkpoint saved: .../run/checkpoint_pretrain.pt\nStage 2/2 fine-tuning: 15000 iterations")
+        log.setPlainText("Worker started on cuda (torch 2.13.0)\nStage 1/2 pre-training (warm-up): 2500 iterations\n"
+                         "Checkpoint saved: .../run/checkpoint_pretrain.pt\nStage 2/2 fine-tuning: 15000 iterations\n"
+                         + (gui_support.format_pseudo_labels(tracker.last_progress.get("pseudo_labels")) or ""))
         log.setMaximumHeight(90)
         log.setMinimumHeight(90)
     widget.resize(440, widget.sizeHint().height())
     widget.show()
     app.processEvents()
-    widget.resize(440, widget.minimumSizeHint().height() + 10)
+    widget.resize(440, widget.sizeHint().height())  # every section at its natural height: nothing overlaps
     app.processEvents()
     image = widget.grab()
     if path is not None:
@@ -369,6 +425,48 @@ def render_panel(path: Path | None = None, sample: bool = True):
         assert image.save(str(path), "PNG")
     names = {w.objectName() for w in widget.findChildren(QtWidgets.QWidget)}
     return widget, image, names
+
+
+def _sample_run():
+    """A plausible event stream for the screenshot (losses falling, pseudo-labels reported)."""
+    import math
+
+    events = [{"event": "start", "device": "cuda"}, {"event": "stage", "stage": "pretrain", "phase": "warmup", "total": 5000}]
+    for k in range(1, 41):
+        it = k * 250
+        loss = 0.35 + 2.2 * math.exp(-it / 2500)
+        event = {"event": "progress", "stage": "pretrain" if it <= 5000 else "finetune", "phase": "joint",
+                 "iteration": it, "total": 20000, "overall_iteration": it, "overall_total": 20000, "loss": loss,
+                 "seconds_per_iteration": 0.27, "eta_seconds": (20000 - it) * 0.27}
+        if it > 5000:
+            event["pseudo_labels"] = {"labeled_fraction": {"background": 0.93, "LA": 0.07},
+                                      "pseudo_fraction": {"background": 0.935, "LA": 0.065},
+                                      "mask_fraction": min(0.95, 0.5 + it / 40000)}
+        events.append(event)
+    return events
+
+
+def _draw_chart(label, history, QtCore, QtGui):
+    """What qMRMLPlotWidget shows, drawn with QPainter for the offscreen picture."""
+    width, height = 400, 150
+    pixmap = QtGui.QPixmap(width, height)
+    pixmap.fill(QtGui.QColor("white"))
+    painter = QtGui.QPainter(pixmap)
+    painter.setRenderHint(QtGui.QPainter.Antialiasing)
+    xs, ys = history.column("iteration"), history.column("loss")
+    left, right, top, bottom = 40, width - 10, 22, height - 22
+    painter.drawText(left, 15, "Training losses")
+    painter.drawLine(left, bottom, right, bottom)
+    painter.drawLine(left, top, left, bottom)
+    painter.drawText(right - 50, height - 6, "iteration")
+    x_max, y_max = max(xs), max(ys)
+    painter.setPen(QtGui.QPen(QtGui.QColor(31, 119, 180), 2))
+    points = [QtCore.QPointF(left + (right - left) * x / x_max, bottom - (bottom - top) * y / y_max) for x, y in zip(xs, ys)]
+    painter.drawPolyline(points)
+    painter.end()
+    label.setPixmap(pixmap)
+    label.setAlignment(QtCore.Qt.AlignLeft | QtCore.Qt.AlignTop)
+    label.setFixedHeight(height + 6)
 
 
 def test_ui_renders_offscreen(tree, ui, tmp_path):

@@ -259,3 +259,66 @@ def test_request_cancel_is_non_blocking_and_kills_after_deadline(tmp_path):
         time.sleep(0.05)
     assert _tree_alive(tree) == []
     assert events[-1]["event"] == "cancelled" and "killed" in events[-1]["message"]
+
+
+# ------------------------------------------------------------------------- platform options, device probe
+
+
+def test_windows_children_start_without_a_console_window():
+    """With the platform patched to Windows: no console window (CREATE_NO_WINDOW + hidden STARTUPINFO)
+    and a new process group, as slicer.util.launchConsoleProcess does."""
+    import types
+
+    from ACTIONPlusPlusLib import runner
+
+    class StartupInfo:
+        def __init__(self):
+            self.dwFlags = 0
+            self.wShowWindow = 1
+
+    windows = types.SimpleNamespace(CREATE_NEW_PROCESS_GROUP=0x200, CREATE_NO_WINDOW=0x08000000,
+                                    STARTUPINFO=StartupInfo, STARTF_USESHOWWINDOW=1, SW_HIDE=0)
+    options = runner.popen_options("nt", windows)
+    assert options["creationflags"] & 0x08000000 and options["creationflags"] & 0x200
+    assert options["startupinfo"].dwFlags & 1 and options["startupinfo"].wShowWindow == 0
+    assert "start_new_session" not in options
+    # the constants are known even where the subprocess module lacks them (this machine)
+    bare = runner.popen_options("nt", types.SimpleNamespace())
+    assert bare["creationflags"] == runner.CREATE_NEW_PROCESS_GROUP | runner.CREATE_NO_WINDOW
+    assert runner.popen_options("posix") == {"start_new_session": True}
+
+
+def test_worker_start_uses_the_platform_options(tmp_path, monkeypatch):
+    from ACTIONPlusPlusLib import runner
+
+    seen = {}
+    monkeypatch.setattr(runner, "popen_options", lambda: {"start_new_session": True, "close_fds": True})
+    real_popen = runner.subprocess.Popen
+
+    def recording_popen(*args, **kwargs):
+        seen.update(kwargs)
+        return real_popen(*args, **kwargs)
+
+    monkeypatch.setattr(runner.subprocess, "Popen", recording_popen)
+    script = fake_worker(tmp_path, 'emit(event="start", mps=os.environ.get("PYTORCH_ENABLE_MPS_FALLBACK"))\nemit(event="done", exit_code=0)')
+    worker = WorkerProcess(job_file(tmp_path), script=script).start()
+    events = list(worker.wait_events(timeout=60))
+    assert seen["start_new_session"] is True and seen["close_fds"] is True
+    assert events[0]["mps"] == "1"  # an operation MPS lacks falls back to the CPU
+
+
+def test_device_probe_asks_a_child_process(tmp_path):
+    from ACTIONPlusPlusLib.runner import DeviceProbe
+
+    probe = DeviceProbe(python=sys.executable).start()
+    info = probe.wait()
+    assert "error" not in info, info
+    assert info["torch"] and "cuda_available" in info and "mps_available" in info
+    assert probe.poll() is info and not probe.running
+    broken = tmp_path / "broken_python"
+    broken.write_text("#!/bin/sh\necho 'no torch here' >&2\nexit 3\n")
+    broken.chmod(0o755)
+    failed = DeviceProbe(python=str(broken)).start().wait()
+    assert "exit code 3" in failed["error"] and "no torch here" in failed["error"]
+    missing = DeviceProbe(python=str(tmp_path / "nope")).start().wait()
+    assert "cannot start" in missing["error"]

@@ -195,3 +195,39 @@ def test_volume_both_unlabeled_and_predicted_is_written_once(populated, tmp_path
                                          predict_unlabeled=False)
     job = read_job(job_path)
     assert [p.name for p in job.predict_files()] == ["Unlabeled_1_2.nrrd"] and not job.predict_unlabeled
+
+
+def test_volume_renamed_during_training_keeps_its_prediction(populated, tmp_path):
+    scene, n = populated
+    job_path = bridge.write_training_job(scene, [(n["a"], n["seg_a"])], [n["u1"]], [], tmp_path / "job", "la")
+    case = read_case(read_job(job_path).dataset_dir / "imagesUnlabeled" / "Unlabeled_1.nrrd")
+    events = _fake_predictions(job_path, {"Unlabeled_1": (case, atrium())}, confidence=False)
+    n["u1"].SetName("Renamed while training")
+    decoy = volume(scene, "Unlabeled 1", 9)  # a new node that took the old name: not the source
+    for use_events in (events, None):
+        result, = bridge.load_predictions(scene, tmp_path / "job", use_events)
+        assert result.message is None and result.volume_node is n["u1"] and result.volume_node is not decoy
+        assert result.segmentation_node.GetName().startswith("Renamed while training ACTION++")
+
+
+def test_writing_a_job_reports_progress_per_volume(populated, tmp_path):
+    scene, n = populated
+    calls = []
+    bridge.write_training_job(scene, [(n["a"], n["seg_a"]), (n["b"], n["seg_b"])], [n["u1"]], [n["p"]],
+                              tmp_path / "job", "la", progress=lambda done, total, name: calls.append((done, total, name)))
+    assert calls == [(0, 4, "Case A"), (1, 4, "Case B"), (2, 4, "Unlabeled 1"), (3, 4, "To predict"), (4, 4, "")]
+
+
+@pytest.mark.parametrize("preset,classes", [("acdc", {1, 2, 3}), ("la", {1})])
+def test_phantom_sample_data_is_a_ready_training_set(preset, classes, tmp_path):
+    scene = slicer.vtkMRMLScene()
+    pairs, unlabeled = bridge.add_phantom_sample(scene, preset, num_labeled=2, num_unlabeled=1, seed=1)
+    assert len(pairs) == 2 and len(unlabeled) == 1
+    names = [v.GetName() for v, _s in pairs] + [v.GetName() for v in unlabeled]
+    assert names == [f"ACTION++ {preset.upper()} phantom {i}" for i in (1, 2, 3)]
+    for volume_node, segmentation_node in pairs:
+        labels = bridge.label_from_node(segmentation_node, volume_node, preset)
+        assert set(np.unique(labels)) - {0} == classes  # every class present, by name
+    # the sample is directly a valid training job
+    job_path = bridge.write_training_job(scene, pairs, unlabeled, [], tmp_path / "job", preset)
+    assert read_job(job_path).dataset_dir.is_dir()

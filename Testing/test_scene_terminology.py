@@ -100,3 +100,57 @@ def test_storage_errors_are_clear(tmp_path):
     with pytest.raises(DataError, match="not found"):
         bridge.load_segmentation_file(scene, tmp_path / "absent.seg.nrrd")
     assert scene.GetNodesByClass("vtkMRMLScalarVolumeNode").GetNumberOfItems() == 0  # nothing left behind
+
+
+# ------------------------------------------------------------------------- our own terminology file
+
+def _term_file():
+    from pathlib import Path
+
+    return Path(__file__).resolve().parents[1] / "ACTIONPlusPlus" / "Resources" / "Terminology" / terminology.TERMINOLOGY_FILE_NAME
+
+
+def test_terminology_file_is_the_segment_context_of_our_classes():
+    import json
+
+    document = json.loads(_term_file().read_text())
+    assert document == terminology.terminology_document()  # regenerate the file from terminology.py if not
+    assert document["SegmentationCategoryTypeContextName"] == terminology.TERMINOLOGY_CONTEXT
+    assert document["@schema"].endswith("segment-context-schema.json#")
+    category, = document["SegmentationCodes"]["Category"]
+    assert (category["CodingSchemeDesignator"], category["CodeValue"], category["CodeMeaning"]) == terminology.CATEGORY
+    for item in category["Type"]:  # the fields Slicer's segment-context schema requires of a type
+        assert {"CodingSchemeDesignator", "CodeValue", "CodeMeaning"} <= set(item)
+        assert len(item["recommendedDisplayRGBValue"]) == 3
+    codes = {item["CodeValue"]: item for item in category["Type"]}
+    for preset in ("la", "acdc"):
+        for info in terminology.classes(preset):  # every preset segment, with its code, name and colour
+            item = codes[info.code]
+            assert (item["CodeMeaning"], item["3dSlicerLabel"], tuple(item["recommendedDisplayRGBValue"])) == (
+                info.meaning, info.name, info.rgb)
+
+
+def test_slicer_loads_the_terminology_file_and_finds_every_segment():
+    logic = slicer.vtkSlicerTerminologiesModuleLogic()
+    name = logic.LoadTerminologyFromFile(str(_term_file()))
+    assert name == terminology.TERMINOLOGY_CONTEXT
+    category = slicer.vtkSlicerTerminologyCategory()
+    assert logic.GetNumberOfCategoriesInTerminology(name) == 1 and logic.GetNthCategoryInTerminology(name, 0, category)
+    found = {}
+    kind = slicer.vtkSlicerTerminologyType()
+    for index in range(logic.GetNumberOfTypesInTerminologyCategory(name, category)):
+        assert logic.GetNthTypeInTerminologyCategory(name, category, index, kind)
+        found[kind.GetCodeValue()] = (kind.GetCodeMeaning(), kind.GetSlicerLabel(), tuple(kind.GetRecommendedDisplayRGBValue()))
+    for preset in ("la", "acdc"):
+        for info in terminology.classes(preset):
+            assert found[info.code] == (info.meaning, info.name, info.rgb)
+            # a segment's entry resolves against the loaded context
+            entry = slicer.vtkSlicerTerminologyEntry()
+            assert logic.DeserializeTerminologyEntry(info.terminology_entry, entry)
+            assert entry.GetTerminologyContextName() == name and entry.GetTypeObject().GetCodeValue() == info.code
+
+
+def test_entries_in_the_old_general_anatomy_context_still_match_by_code():
+    old = ("Segmentation category and type - 3D Slicer General Anatomy list~SCT^123037004^Anatomical Structure~"
+           "SCT^87878005^Left ventricle of heart~^^~Anatomic codes - DICOM master list~^^~^^")
+    assert terminology.class_value_for_terminology("acdc", old) == 3

@@ -23,6 +23,7 @@ from torch import nn
 from .. import distributed as dist_utils
 from ..config import Config
 from ..data.types import Case
+from ..device import amp_description, amp_dtype, grad_scaler
 from ..device import autocast as device_autocast
 from ..device import resolve_device
 from ..errors import DataError, ModelFileError, TrainingError
@@ -98,11 +99,17 @@ class Trainer:
         # set by distributed_setup.wrap_for_ddp: average the heads' gradients / BN statistics over ranks
         self.sync_gradients: Callable[[], None] | None = None
         self.sync_buffers: Callable[[], None] | None = None
+        # --- mixed precision (issue 11): the dtype the GPU supports; fp16 needs a gradient scaler ---
+        self.amp_dtype = amp_dtype(self.device, cfg.amp)
+        self.scaler = grad_scaler(self.device, self.amp_dtype)
+        if cfg.amp and self.device.type == "cuda" and self.amp_dtype is not torch.bfloat16:
+            self.tracker.emit({"event": "warning", "message": f"this GPU has no native bf16: training in "
+                               f"{amp_description(self.amp_dtype)}"})
 
     # --- helpers -------------------------------------------------------------------------------------
     @contextmanager
     def autocast(self):
-        with device_autocast(self.device, self.cfg.amp):
+        with device_autocast(self.device, self.cfg.amp, self.amp_dtype):
             yield
 
     def _optimizer_for(self, phase: Phase) -> torch.optim.Optimizer:
@@ -288,12 +295,18 @@ class Trainer:
         else:
             loss, parts = self._steps["supervised"](self.batches, self.host_gen, self.dev_gen, self.autocast)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss if self.scaler is None else self.scaler.scale(loss)).backward()  # fp16: scaled loss
         if self.sync_gradients is not None:
             self.sync_gradients()
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)  # clip (and step) on the true gradients
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.student.parameters(), cfg.grad_clip)
-        self.optimizer.step()
+        if self.scaler is None:
+            self.optimizer.step()
+        else:  # skips the step when fp16 gradients overflowed, then adapts the scale
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
         with torch.no_grad():
             if phase.name != "supervised":
                 decay = self.ema_decay(phase, self.iteration)

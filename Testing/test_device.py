@@ -1,0 +1,161 @@
+"""Device choice (CUDA / Apple MPS / CPU) and the mixed-precision policy, with the availability and
+capability functions patched (this machine has neither a GPU nor MPS), plus the training loop's
+gradient-scaler path run for real on the CPU."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from ACTIONPlusPlusLib import device
+from ACTIONPlusPlusLib.device import DeviceError, amp_dtype, amp_policy, autocast, grad_scaler, resolve_device
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def machine(monkeypatch):
+    """Set what torch reports: ``machine(cuda=..., mps=...)``."""
+
+    def set_(cuda: bool = False, mps: bool = False, count: int = 1):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: count if cuda else 0)
+        monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
+
+    return set_
+
+
+def test_auto_prefers_cuda_then_mps_then_cpu(machine):
+    machine(cuda=True, mps=True)
+    assert resolve_device("auto") == torch.device("cuda")
+    machine(cuda=False, mps=True)
+    assert resolve_device("auto") == torch.device("mps")
+    assert resolve_device("gpu") == torch.device("mps")
+    assert resolve_device("mps") == torch.device("mps")
+    machine(cuda=False, mps=False)
+    assert resolve_device(None) == torch.device("cpu")
+    assert resolve_device("CPU") == torch.device("cpu")
+
+
+def test_missing_gpu_is_a_clear_device_error(machine):
+    machine(cuda=False, mps=False)
+    for name in ("mps", "gpu", "cuda", "cuda:1"):
+        with pytest.raises(DeviceError, match="torch"):
+            resolve_device(name)
+    machine(cuda=True, count=1)
+    with pytest.raises(DeviceError, match="only 1"):
+        resolve_device("cuda:1")
+    assert resolve_device("gpu:0") == torch.device("cuda", 0)
+    with pytest.raises(DeviceError, match="unknown device"):
+        resolve_device("tpu")
+
+
+@pytest.mark.parametrize(
+    "capability,native,expected",
+    [
+        ((9, 0), True, torch.bfloat16),   # H100
+        ((8, 6), True, torch.bfloat16),   # RTX 30xx
+        ((8, 0), False, torch.float16),   # a build that reports no native bf16
+        ((7, 5), False, torch.float16),   # T4, RTX 20xx: fp16 with a scaler
+        ((7, 0), True, torch.float16),    # V100: "supported" only through emulation
+        ((6, 1), False, None),            # GTX 10xx: fp32
+        ((5, 2), True, None),
+    ],
+)
+def test_amp_policy_follows_the_gpu(capability, native, expected):
+    assert amp_policy("cuda", capability, native) is expected
+
+
+def test_amp_is_off_on_cpu_and_mps():
+    assert amp_policy("cpu", None, False) is None
+    assert amp_policy("mps", None, True) is None
+    assert amp_dtype("cpu", True) is None
+    assert amp_dtype("mps", True) is None
+    assert isinstance(autocast("cpu", True), type(autocast("mps", True)))
+    with autocast("cpu", True):
+        assert not torch.is_autocast_enabled("cpu")
+
+
+def test_amp_dtype_uses_the_capability_check(monkeypatch):
+    cuda = torch.device("cuda", 0)
+    monkeypatch.setattr(device, "_cuda_capability", lambda dev: ((7, 5), False))
+    assert amp_dtype(cuda, True) is torch.float16
+    assert amp_dtype(cuda, False) is None
+    monkeypatch.setattr(device, "_cuda_capability", lambda dev: ((6, 1), False))
+    assert amp_dtype(cuda, True) is None
+    assert "fp32" in device.amp_description(None) and "scaling" in device.amp_description(torch.float16)
+
+
+def test_bf16_check_asks_for_native_support(monkeypatch):
+    calls = []
+
+    def is_bf16_supported(including_emulation=True):
+        calls.append(including_emulation)
+        return including_emulation  # emulated only: what torch >= 2.3 reports on a T4
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None: (7, 5))
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", is_bf16_supported)
+    assert device._cuda_capability(torch.device("cuda")) == ((7, 5), False)
+    assert calls == [False]
+    assert amp_dtype("cuda", True) is torch.float16
+
+
+def test_grad_scaler_only_for_fp16_on_cuda():
+    assert grad_scaler("cpu", torch.float16) is None
+    assert grad_scaler("cuda", torch.bfloat16) is None
+    assert grad_scaler("cuda", None) is None
+    with pytest.warns(UserWarning) if not torch.cuda.is_available() else _nothing():
+        scaler = grad_scaler("cuda", torch.float16)
+    assert isinstance(scaler, torch.amp.GradScaler)
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_training_loop_steps_through_a_gradient_scaler(monkeypatch, tmp_path):
+    """The fp16 path (scale, unscale, clip, step, update) run for real with a CPU scaler."""
+    from ACTIONPlusPlusLib.config import preset
+    from ACTIONPlusPlusLib.data.phantoms import cardiac_phantom_dataset
+    from ACTIONPlusPlusLib.training import loop
+
+    scalers = []
+
+    def cpu_scaler(dev, dtype):
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)
+        scalers.append(scaler)
+        return scaler
+
+    monkeypatch.setattr(loop, "grad_scaler", cpu_scaler)
+    data = cardiac_phantom_dataset(num_labeled=2, num_unlabeled=2, num_test=0, seed=3, num_slices=2, size=(32, 32))
+    cfg = preset("acdc", patch_size=[32, 32], base_channels=4, local_window=16, local_stride=8, local_pool=4,
+                 pretrain_warmup_iterations=0, pretrain_joint_iterations=0, finetune_iterations=3, log_every=1,
+                 anco_queries=16, anco_negatives=32, saacl_anchors_per_class=16, saacl_queue_size=64,
+                 checkpoint_every=1000, device="cpu", geometric_augmentation=False, grad_clip=1.0)
+    trainer = loop.Trainer(cfg, data.labeled, data.unlabeled, tmp_path)
+    before = [p.detach().clone() for p in trainer.student.parameters()]
+    assert trainer.run() is False
+    assert scalers and scalers[0]._scale is not None  # the scaler was used (its scale tensor exists)
+    changed = any(not torch.equal(a, b.detach()) for a, b in zip(before, trainer.student.parameters()))
+    assert changed, "no optimizer step went through the scaler"
+
+
+def test_device_probe_module_prints_one_json_line():
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    result = subprocess.run([sys.executable, "-m", "ACTIONPlusPlusLib.device"], capture_output=True, text=True,
+                            timeout=120, env=env, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    info = json.loads(result.stdout.strip().splitlines()[-1])
+    assert info["torch"] == torch.__version__ and "mps_available" in info and "cuda_available" in info
