@@ -22,7 +22,7 @@ def demo_config(quick: bool = False, device: str = "auto"):
     return preset(
         "acdc",
         patch_size=[64, 64],
-        budget_iterations=32 if quick else 500,
+        budget_iterations=48 if quick else 500,
         local_window=16, local_stride=8, local_pool=4,
         anco_queries=64, anco_negatives=128, saacl_anchors_per_class=64, saacl_queue_size=2048,
         log_every=5, checkpoint_every=10_000, device=device,
