@@ -125,7 +125,9 @@ def budget_for(preset: str, mode: str, value: float = 0, unit: str = "iterations
             raise ValueError(f"unknown budget unit {unit!r}; choose one of {', '.join(BUDGET_UNITS)}")
     else:
         raise ValueError(f"unknown budget {mode!r}; choose one of {', '.join(BUDGET_MODES)}")
-    lengths = _budget.layout(total, cfg.budget_warmup_fraction, cfg.budget_joint_fraction)
+    if total < 1:
+        raise ValueError(f"the iteration budget must be at least 1, got {total}")
+    lengths = cfg.replace(budget_iterations=int(total)).phase_lengths()  # the trainer's own layout
     return Budget(mode, int(total), lengths.warmup, lengths.joint, lengths.finetune, notes + list(lengths.notes))
 
 

@@ -40,24 +40,28 @@ def test_budget_paper_is_the_presets_explicit_schedule():
             cfg.pretrain_warmup_iterations, cfg.pretrain_joint_iterations, cfg.finetune_iterations)
 
 
-def test_budget_quick_is_one_number_laid_out_over_both_stages():
+def test_budget_quick_is_one_number_laid_out_by_the_budget_module():
     assert gs.QUICK_BUDGET == {"acdc": 600, "la": 400}
     for name in config.PRESETS:
         quick = gs.budget_for(name, "QUICK")
         assert quick.budget_iterations == gs.QUICK_BUDGET[name] == quick.total
-        assert quick.warmup > 0 and quick.joint > 0 and quick.finetune > 0 and not quick.notes
+        # below the paper's total pre-training shrinks in proportion; at the quick budget it is dropped,
+        # and the notes say so (budget.py; measured: fine-tuning alone is better at this budget)
+        assert (quick.warmup, quick.joint, quick.finetune) == (0, 0, quick.total) and quick.notes
         cfg = config.preset(name, **quick.overrides)  # a valid override, and the trainer lays it out the same
         lengths = cfg.phase_lengths()
         assert (lengths.warmup, lengths.joint, lengths.finetune) == (quick.warmup, quick.joint, quick.finetune)
         assert quick.total * 10 <= gs.budget_for(name, "paper").total
-    assert gs.budget_for("acdc", "quick").summary == "600 iterations (pre-training 100 + 100, fine-tuning 400)"
+    assert gs.budget_for("acdc", "quick").summary.startswith("600 iterations")
 
 
 def test_budget_custom_iterations_minutes_and_errors():
     custom = gs.budget_for("acdc", "custom", 3000)
     assert custom.overrides == {"budget_iterations": 3000} and custom.total == 3000
     small = gs.budget_for("acdc", "custom", 60)
-    assert small.warmup == 0 and small.finetune == 60 and small.notes  # the budget module says what it dropped
+    assert small.warmup == small.joint == 0 and small.finetune == 60  # short budgets fine-tune only
+    dropped = gs.budget_for("acdc", "custom", 2000)  # a 22-iteration phase is dropped, and the notes say so
+    assert dropped.finetune == 2000 and len(dropped.notes) == 2
     measured = gs.budget_for("acdc", "custom", 10, "minutes", seconds_per_iteration=0.5)
     assert measured.budget_iterations == 1200 and "measured 0.50 s" in measured.notes[0]
     assumed = gs.budget_for("la", "custom", 30, "minutes")
@@ -224,7 +228,7 @@ def test_job_options_are_accepted_by_write_training_job(tmp_path):
     accepted = gs.accepted_keywords(bridge.write_training_job)
     # write_training_job spells out its keywords (no **kwargs): a renamed one must show here
     assert isinstance(accepted, set), accepted
-    settings = gs.PanelSettings(preset="acdc", iterations_mode="quick", device="CPU", confidence=True,
+    settings = gs.PanelSettings(preset="acdc", budget_mode="quick", device="CPU", confidence=True,
                                 output_root=str(tmp_path))
     options = gs.build_job_options(settings, gs.plan_run(settings))
     assert set(options) <= accepted, set(options) - accepted

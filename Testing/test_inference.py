@@ -269,7 +269,7 @@ def test_cuda_request_without_cuda_is_clear(name):
     with pytest.raises(ActionError) as info:
         resolve_device(name)
     assert isinstance(info.value, DataError)
-    assert "no CUDA" in str(info.value) and torch.__version__ in str(info.value)
+    assert "CUDA" in str(info.value) and "no" in str(info.value) and torch.__version__ in str(info.value)
 
 
 def test_autocast_is_noop_on_cpu_and_describe_devices_is_json():

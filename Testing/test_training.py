@@ -136,7 +136,13 @@ def test_nan_loss_stops_with_last_good_checkpoint(cardiac, tmp_path):
                     pretrain_joint_iterations=0, finetune_iterations=50)
     with pytest.raises(TrainingError, match="NaN") as info:
         train(cfg, cardiac.labeled, cardiac.unlabeled, tmp_path)
-    assert str(tmp_path / "checkpoint.pt") in str(info.value) and "lower learning rate" in str(info.value)
+    # the message says where the last good checkpoint is, or that none was written yet (the next test
+    # pins the first case deterministically)
+    if (tmp_path / "checkpoint.pt").exists():
+        assert str(tmp_path / "checkpoint.pt") in str(info.value)
+    else:
+        assert "no checkpoint" in str(info.value)
+    assert "lower learning rate" in str(info.value)
     assert not (tmp_path / "model.pt").exists()
 
 

@@ -40,7 +40,10 @@ TINY = dict(
 )
 # the shared training job: long enough (still a few seconds) that the predictions have structure, so
 # that comparing them voxel for voxel after the round trip through the scene can show a flip
-TRAINED = TINY | dict(finetune_iterations=80, lr=0.05, log_every=4, checkpoint_every=1000)
+# the scene round trip is what these tests check, so the exported weights are the student's: at this tiny
+# size (4 base channels, 80 iterations at lr 0.05) the EMA teacher still lags (the product exports the
+# teacher, chosen on real data: README, design decisions)
+TRAINED = TINY | dict(finetune_iterations=80, lr=0.05, log_every=4, checkpoint_every=1000, export_weights="student")
 # a rotated, left-handed frame so that geometry mistakes show
 _C, _S = np.cos(0.4), np.sin(0.4)
 DIRECTION_LPS = (_C, -_S, 0.0, _S, _C, 0.0, 0.0, 0.0, -1.0)
