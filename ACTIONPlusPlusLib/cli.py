@@ -145,7 +145,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         main_process = dist_utils.is_main_process()
         device = dist_utils.local_device(cfg.device) if distributed else None
         dataset = load_dataset(args.data, cfg, labeled=args.labeled, splits=("train",))
-        if main_process and not args.quiet:
+        if main_process:
             ranks = f", {dist_utils.world_size()} processes" if distributed else ""
             print(f"{dataset.layout} data: {len(dataset.labeled)} labeled, {len(dataset.unlabeled)} unlabeled{ranks}",
                   file=sys.stderr)
