@@ -70,8 +70,8 @@ def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
             return torch.device("mps")
         if text == "auto":
             return torch.device("cpu")
-        raise DeviceError(f"device {name!r} requested but torch sees no GPU (neither CUDA nor Apple MPS); "
-                          f"{_torch_build()}. Use device 'cpu' or 'auto'.")
+        raise DeviceError(f"device {name!r} requested but torch sees no CUDA GPU and no Apple MPS GPU; "
+                          f"{_torch_build()}. Use device 'cpu' or 'auto', or install a CUDA build of torch.")
     if text == "cpu":
         return torch.device("cpu")
     if text == "mps":
