@@ -509,7 +509,8 @@ class ACTIONPlusPlusWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.clearMessages()
         try:
             self.logic.ensureDependencies(log=self.appendLog)
-            self.refreshDeviceInfo()
+            if self.logic.deviceInfo() is None:
+                self.refreshDeviceInfo()  # torch was just installed: ask what it sees (in the background)
             settings = self._panelSettings()
             warning = gui_support.output_root_warning(settings.output_root, slicer.app.temporaryPath)
             if warning:

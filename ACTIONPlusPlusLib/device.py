@@ -70,8 +70,8 @@ def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
             return torch.device("mps")
         if text == "auto":
             return torch.device("cpu")
-        raise DeviceError(f"device {name!r} requested but torch sees no GPU (neither CUDA nor Apple MPS); "
-                          f"{_torch_build()}. Use device 'cpu' or 'auto'.")
+        raise DeviceError(f"device {name!r} requested but torch sees no CUDA GPU and no Apple MPS GPU; "
+                          f"{_torch_build()}. Use device 'cpu' or 'auto', or install a CUDA build of torch.")
     if text == "cpu":
         return torch.device("cpu")
     if text == "mps":
@@ -153,11 +153,15 @@ def autocast(device: torch.device | str, enabled: bool = True, dtype: torch.dtyp
 
 
 def grad_scaler(device: torch.device | str, dtype: torch.dtype | None) -> Any:
-    """A gradient scaler when training runs in fp16 (needed against underflow), else None."""
+    """A gradient scaler when training runs in fp16 (needed against underflow), else None.
+
+    It is not checkpointed: after a resume it re-calibrates its scale within a few steps."""
     device_type = device.type if isinstance(device, torch.device) else torch.device(device).type
     if dtype is not torch.float16 or device_type != "cuda":
         return None
-    return torch.amp.GradScaler("cuda")
+    if hasattr(torch.amp, "GradScaler"):  # torch >= 2.3
+        return torch.amp.GradScaler("cuda")
+    return torch.cuda.amp.GradScaler()  # torch 2.1 / 2.2
 
 
 def describe_devices() -> dict[str, Any]:
