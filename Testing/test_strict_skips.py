@@ -180,10 +180,14 @@ def test_allow_list_format_errors(tmp_path):
 
 
 def test_the_project_allow_list_is_short_and_names_real_tests():
-    """Today's one allowed skip: the offscreen panel render without PySide6.  Every entry must name a
-    test that exists, with a reason that test really gives, so no entry can cover a whole module."""
+    """Today's allowed skips: the offscreen panel render without PySide6, and the read-only-folder check,
+    which cannot run as root (CI runs as root).  Every entry must name a test that exists, with a reason
+    that test really gives, so no entry can cover a whole module."""
     entries = read_allow_list(ALLOW_LIST)
-    assert entries == [AllowedSkip("Testing/test_module_file.py::test_ui_renders_offscreen", "PySide6 is not installed")]
+    assert entries == [
+        AllowedSkip("Testing/test_module_file.py::test_ui_renders_offscreen", "PySide6 is not installed"),
+        AllowedSkip("Testing/test_run_safety.py::test_read_only_folder_is_one_line", "root writes into read-only folders"),
+    ]
     for entry in entries:
         path, _, name = entry.test_id.partition("::")
         assert name and "*" not in path, entry
