@@ -167,8 +167,8 @@ class RepresentationHead(nn.Module):
         losses read it as pixel rows); kernel 1 only.
 
         The last 1x1 conv is folded into each scale's projection (``W_last W_s``, exact by linearity), so
-        no d x d product runs at full resolution, and linear upsampling, being separable, runs as one
-        small interpolation matrix product per axis instead of ``interpolate``'s per-pixel kernel.
+        no d x d product runs at full resolution; each scale is projected at its own resolution and then
+        upsampled channels-last (``interpolate``'s vectorised channels-last kernel), summed in place.
         """
         if self.kernel != 1:
             raise ValueError("sparse evaluation needs representation_kernel=1")

@@ -196,7 +196,6 @@ class FinetuneStep:
         if cfg.intensity_augmentation:
             x_s = augment.gaussian_blur(augment.jitter(x_s, cfg.strong_jitter_strength, dev_gen), dev_gen)
         teacher_mask = (conf >= thresholds[pseudo]) & ~from_labeled  # pixels labeled by the teacher
-        pixel_mask = teacher_mask | from_labeled
 
         with autocast():
             if cfg.fused_forward:
