@@ -117,6 +117,11 @@ class Config:
     # (bidirectional copy-paste, Bai et al. CVPR 2023: labeled pixels seen in unlabeled context, supervised
     # even while the teacher is still unreliable); "unlabeled" mixes two unlabeled images (spec 6.1)
     mix_partner: str = "labeled"
+    # with mix_partner="labeled": every other unlabeled image keeps the box and takes the labeled image
+    # around it, the others the reverse (BCP's two directions).  One direction alone pastes the labeled
+    # image over the box, which usually covers the centred heart: the teacher's labels of unlabeled
+    # foreground were then almost never taught (issue 9's diagnostics: taught RV/Myo/LV ~0.1 %)
+    mix_bidirectional: bool = False
     # pseudo-label loss (issue 9): "pixel" = CE on the pixels whose teacher confidence passes their
     # class's threshold, over all pixels; "image" = spec 6.3 (per-image weight, no pixel mask)
     pseudo_loss: str = "pixel"

@@ -152,6 +152,18 @@ def autocast(device: torch.device | str, enabled: bool = True, dtype: torch.dtyp
     return torch.autocast(device_type="cuda", dtype=chosen)
 
 
+def tune_backends(device: torch.device | str) -> None:
+    """Let cuDNN pick the fastest convolution algorithms for the fixed shapes of training and inference.
+
+    Patches and windows keep one shape per run, so ``cudnn.benchmark`` measures once per shape and wins
+    from then on.  TF32 is left as torch sets it (on for convolutions, off for matmuls), so the losses'
+    fp32 matmuls stay fp32 (decision D15).  A no-op off CUDA.
+    """
+    device_type = device.type if isinstance(device, torch.device) else torch.device(device).type
+    if device_type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+
 def grad_scaler(device: torch.device | str, dtype: torch.dtype | None) -> Any:
     """A gradient scaler when training runs in fp16 (needed against underflow), else None.
 

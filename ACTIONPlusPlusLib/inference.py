@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from .config import Config
 from .data.types import Case, normalize, to_network_order
-from .device import autocast, resolve_device
+from .device import autocast, resolve_device, tune_backends
 from .errors import DataError
 
 #: Sliding-window stride of the LA protocol (spec 8.2): stride_xy = 18, stride_z = 4, in (x, y, z),
@@ -123,6 +123,7 @@ def predict_case(
     dev = _model_device(model) if device is None else resolve_device(device)
     if device is not None:
         model.to(dev)
+    tune_backends(dev)
     was_training = model.training
     model.eval()
     try:

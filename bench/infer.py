@@ -82,6 +82,9 @@ def bench_one(name: str, spec: dict, device: torch.device, repeats: int, warm: i
     peak = ""
     if device.type == "cuda":
         peak = f", peak GPU memory {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB"
+        if cfg.amp:  # the mixed-precision labels against fp32 ones, same weights and windows
+            fp32 = predict_case(model, case, preset(name, **spec["overrides"], amp=False), device=device, **kwargs)
+            peak += f", labels equal to fp32 at {100 * float((fp32.labels == result.labels).mean()):.3f}% of voxels"
     return (
         f"{name.upper():5s} {device.type:4s} {mean:8.3f} s/volume (best {best:.3f}, n={repeats}, "
         f"amp={'bf16' if cfg.amp and device.type == 'cuda' else 'off'}){peak}  [{detail}, base {cfg.base_channels}]"

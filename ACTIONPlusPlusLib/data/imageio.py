@@ -15,7 +15,11 @@ import zlib
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
+
+try:
+    import SimpleITK as sitk
+except ImportError:  # training from HDF5 needs no SimpleITK (a bare GPU server); image files do
+    sitk = None  # type: ignore[assignment]
 
 from ..errors import DataError
 from ..io_utils import atomic_write
@@ -119,7 +123,14 @@ def _verify_nifti(path: Path) -> None:
             raise DataError(f"{path}: has {bad} NaN/Inf voxel value(s); fix or mask them before using the image")
 
 
+def _require_sitk() -> None:
+    if sitk is None:
+        raise DataError("reading or writing .nii/.nrrd/.mha files needs SimpleITK, which is not installed: "
+                        "pip install SimpleITK")
+
+
 def _read_sitk(path: Path) -> sitk.Image:
+    _require_sitk()
     if not path.is_file():
         raise DataError(f"image file not found: {path}")
     if split_suffix(path)[1].lower() in (".nii", ".nii.gz"):
@@ -285,6 +296,7 @@ def _with_array(array: np.ndarray, like: sitk.Image) -> sitk.Image:
 
 def to_sitk(array: np.ndarray, like: Case | None = None) -> sitk.Image:
     """A (z, y, x) array as a SimpleITK image carrying ``like``'s geometry (unit/identity when None)."""
+    _require_sitk()
     array = np.asarray(array)
     if array.ndim != 3:
         raise DataError(f"expected a (z, y, x) array, got shape {array.shape}")

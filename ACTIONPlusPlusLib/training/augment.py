@@ -151,6 +151,12 @@ def mix(image: torch.Tensor, pseudo: torch.Tensor, conf: torch.Tensor, masks: to
     return image, pseudo, conf
 
 
+def alternate_masks(masks: torch.Tensor) -> torch.Tensor:
+    """Invert the mix masks of every other sample (odd indices): those keep what the others give away."""
+    flip = (torch.arange(masks.shape[0], device=masks.device) % 2 == 1).view(-1, *([1] * (masks.dim() - 1)))
+    return torch.where(flip, 1 - masks, masks)
+
+
 def mix_pair(image: torch.Tensor, labels: torch.Tensor, conf: torch.Tensor, partner_image: torch.Tensor,
              partner_labels: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Copy-paste between two batches (bidirectional copy-paste, BCP): ``x * M + partner * (1 - M)``.

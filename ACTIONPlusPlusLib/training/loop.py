@@ -25,7 +25,7 @@ from ..config import Config
 from ..data.types import Case
 from ..device import amp_description, amp_dtype, grad_scaler
 from ..device import autocast as device_autocast
-from ..device import resolve_device
+from ..device import resolve_device, tune_backends
 from ..errors import DataError, ModelFileError, TrainingError
 from ..io_utils import check_writable_dir
 from ..models import build_network
@@ -77,6 +77,7 @@ class Trainer:
         self.cfg = cfg
         self.out_dir = Path(out_dir)
         self.device = device or resolve_device(cfg.device)
+        tune_backends(self.device)
         if cfg.num_threads > 0:
             torch.set_num_threads(cfg.num_threads)
         torch.manual_seed(cfg.seed + dist_utils.rank())
