@@ -3,6 +3,10 @@
 Wiring only. The work lives in ACTIONPlusPlusLib: ``slicer_bridge`` (nodes <-> job folders and
 predictions, the background worker process) with its ``panel`` helpers (progress text, settings -> job
 options, input checks, dependency plan; tested without Slicer), and the trainer itself.
+
+Longer than the Lib's modules on purpose: Slicer's convention keeps the four classes (module, widget,
+logic, self-test) in this one file, and the widget's signal handlers are its bulk.  Whatever is not
+wiring is delegated to the Lib.
 """
 
 from __future__ import annotations
@@ -14,7 +18,6 @@ import os
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Annotated, Any, Callable, Optional
 
@@ -63,8 +66,8 @@ from ACTIONPlusPlusLib.slicer_bridge.panel import (  # noqa: E402  (needs the pa
     selection_checks,
     self_test,
 )
+from ACTIONPlusPlusLib.slicer_bridge import blocking_run, node_selection  # noqa: E402
 
-SOURCE_VOLUME_ATTRIBUTE = "ACTIONPlusPlus.SourceVolumeID"
 POLL_INTERVAL_MS = 500
 SAMPLE_CATEGORY = "ACTION++"
 
@@ -756,20 +759,6 @@ class ACTIONPlusPlusWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 #
 
 
-class WorkerOutcome:
-    """What a blocking run returns: exit code, all events and the folded progress state."""
-
-    def __init__(self, returncode: Optional[int], events: list[dict], tracker: run_progress.ProgressTracker, log: list[str]) -> None:
-        self.returncode = returncode
-        self.events = events
-        self.tracker = tracker
-        self.log = log
-
-    @property
-    def message(self) -> str:
-        return self.tracker.outcome_message(self.returncode)
-
-
 class ACTIONPlusPlusLogic(ScriptedLoadableModuleLogic):
     """Everything the panel does, callable without it (Python console, batch scripts, the self-test)."""
 
@@ -944,50 +933,21 @@ class ACTIONPlusPlusLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def candidateVolumes() -> list[Any]:
-        """The scene's scalar volumes that can be training data (no labelmaps, no ACTION++ outputs).
-
-        Imports nothing from the Lib beyond the panel helpers: it runs before the dependencies are installed.
-        """
-        nodes = []
-        for node in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode"):
-            if node.IsA("vtkMRMLLabelMapVolumeNode") or node.GetHideFromEditors():
-                continue
-            if node.GetAttribute(SOURCE_VOLUME_ATTRIBUTE):  # a confidence volume we added
-                continue
-            nodes.append(node)
-        return nodes
+        """The scene's scalar volumes that can be training data (no labelmaps, no ACTION++ outputs)."""
+        return node_selection.candidate_volumes(slicer.mrmlScene)
 
     @staticmethod
     def segmentEntries(segmentationNode) -> list[tuple[str, str]]:
         """(name, terminology entry) of each segment."""
-        segmentation = segmentationNode.GetSegmentation()
-        return [
-            (segmentation.GetNthSegment(i).GetName() or "", segmentation.GetNthSegment(i).GetTerminology() or "")
-            for i in range(segmentation.GetNumberOfSegments())
-        ]
+        return node_selection.segment_entries(segmentationNode)
 
     @staticmethod
     def sourceVolume(segmentationNode) -> Any:
         """The volume a prediction was made on (recorded when it was added), or None."""
-        nodeID = segmentationNode.GetAttribute(SOURCE_VOLUME_ATTRIBUTE)
-        return slicer.mrmlScene.GetNodeByID(nodeID) if nodeID else None
+        return node_selection.source_volume(slicer.mrmlScene, segmentationNode)
 
     def selectionProblems(self, pairs: list[tuple[Any, Any]], unlabeled: list[Any], preset: str) -> list[str]:
-        names = {n.GetID(): n.GetName() for pair in pairs for n in pair if n is not None}
-        names.update({n.GetID(): n.GetName() for n in unlabeled})
-        problems = selection_checks.selection_problems(
-            [(v.GetID() if v else None, s.GetID() if s else None) for v, s in pairs], [n.GetID() for n in unlabeled], names
-        )
-        for volume, segmentation in pairs:
-            if volume is not None and segmentation is not None and segmentation.IsA("vtkMRMLSegmentationNode"):
-                problem = selection_checks.segments_problem(segmentation.GetName(), self.segmentEntries(segmentation), preset)
-                if problem:
-                    problems.append(problem)
-        return problems
-
-    @staticmethod
-    def _voxels(nodes) -> int:
-        return sum(n.GetImageData().GetNumberOfPoints() for n in nodes if n is not None and n.GetImageData() is not None)
+        return node_selection.node_selection_problems(pairs, unlabeled, preset)
 
     def prepareTrainingJob(
         self, pairs: list[tuple[Any, Any]], unlabeled: list[Any], settings: job_options.PanelSettings, predictUnlabeled: bool = True,
@@ -1003,8 +963,8 @@ class ACTIONPlusPlusLogic(ScriptedLoadableModuleLogic):
         if problems:
             raise ValueError("\n".join(problems))
         plan = job_options.plan_run(settings)
-        voxels = self._voxels([v for v, _s in pairs]) + self._voxels(unlabeled)
-        predicted = self._voxels(unlabeled) if predictUnlabeled else 0
+        voxels = node_selection.voxel_count([v for v, _s in pairs]) + node_selection.voxel_count(unlabeled)
+        predicted = node_selection.voxel_count(unlabeled) if predictUnlabeled else 0
         required = output_folder.required_disk_bytes(voxels, predicted, confidence=settings.confidence)
         problem = output_folder.free_disk_message(plan.job_dir, required)
         if problem:
@@ -1029,7 +989,7 @@ class ACTIONPlusPlusLogic(ScriptedLoadableModuleLogic):
         if problem:
             raise ValueError(problem)
         jobDir = output_folder.new_run_folder(settings.output_root, prefix="predict")
-        problem = output_folder.free_disk_message(jobDir, output_folder.required_disk_bytes(2 * self._voxels(volumes), confidence=settings.confidence))
+        problem = output_folder.free_disk_message(jobDir, output_folder.required_disk_bytes(2 * node_selection.voxel_count(volumes), confidence=settings.confidence))
         if problem:
             raise OSError(problem)
         options = job_options.build_job_options(settings)
@@ -1049,49 +1009,17 @@ class ACTIONPlusPlusLogic(ScriptedLoadableModuleLogic):
 
     def runWorkerBlocking(
         self, jobPath: Path, device: str = "auto", timeout: Optional[float] = None, callback: Optional[Callable[[dict], None]] = None
-    ) -> WorkerOutcome:
+    ) -> blocking_run.WorkerOutcome:
         """Run a job to the end (batch scripts, the self-test). ``callback`` gets every event."""
         worker = self.startWorker(jobPath, device)
-        tracker = run_progress.ProgressTracker()
-        events: list[dict] = []
-        start = time.monotonic()
-        try:
-            while True:
-                for event in worker.poll_events():
-                    events.append(event)
-                    line = tracker.handle(event)
-                    if line:
-                        logging.info("ACTION++: %s", line)
-                    if callback is not None:
-                        callback(event)
-                if not worker.is_running:
-                    for event in worker.poll_events():
-                        events.append(event)
-                        tracker.handle(event)
-                    break
-                if timeout is not None and time.monotonic() - start > timeout:
-                    worker.cancel()
-                    raise TimeoutError(f"the worker did not finish within {timeout:.0f} s")
-                time.sleep(0.2)
-                if slicer.app is not None:
-                    slicer.app.processEvents()
-        except BaseException:
-            if worker.is_running:
-                worker.cancel()
-            raise
-        return WorkerOutcome(worker.exit_code, events, tracker, list(worker.log_lines))
+        return blocking_run.run_to_end(worker, timeout, callback, idle=lambda: slicer.app is not None and slicer.app.processEvents())
 
     def loadResults(self, jobDir: Path, events: Optional[list[dict]] = None, withConfidence: bool = False) -> list:
         """Add the job's predictions as new segmentation nodes (and confidence volumes)."""
         from ACTIONPlusPlusLib.slicer_bridge.results import load_predictions
 
         imports = load_predictions(slicer.mrmlScene, jobDir, events, with_confidence=withConfidence)
-        for item in imports:
-            if item.segmentation_node is not None and item.volume_node is not None:
-                item.segmentation_node.SetAttribute(SOURCE_VOLUME_ATTRIBUTE, item.volume_node.GetID())
-            confidence = getattr(item, "confidence_node", None)
-            if confidence is not None and item.volume_node is not None:
-                confidence.SetAttribute(SOURCE_VOLUME_ATTRIBUTE, item.volume_node.GetID())
+        node_selection.mark_sources(imports)
         return imports
 
     @staticmethod
@@ -1161,8 +1089,8 @@ class ACTIONPlusPlusTest(ScriptedLoadableModuleTest):
     def _phantomScene(self, count: int):
         import numpy as np
 
-        from ACTIONPlusPlusLib.slicer_bridge.volumes import volume_node_from_case
         from ACTIONPlusPlusLib.data import phantoms
+        from ACTIONPlusPlusLib.slicer_bridge.volumes import volume_node_from_case
 
         rng = np.random.default_rng(7)
         cases, volumes = [], []
@@ -1241,8 +1169,8 @@ class ACTIONPlusPlusTest(ScriptedLoadableModuleTest):
     def test_TrainAndPredictPhantom(self) -> None:
         import numpy as np
 
-        from ACTIONPlusPlusLib.slicer_bridge.segmentations import label_from_node
         from ACTIONPlusPlusLib.slicer_bridge import terminology
+        from ACTIONPlusPlusLib.slicer_bridge.segmentations import label_from_node
 
         self.delayDisplay("Quick ACTION++ training on phantoms (CPU, real worker)")
         logic = self._logicWithDependencies()

@@ -243,10 +243,10 @@ def run(argv: Sequence[str]) -> int:
         return EXIT_BAD_INPUT
     import slicer
 
+    from ACTIONPlusPlusLib.errors import ActionError
     from ACTIONPlusPlusLib.slicer_bridge.job_folder import write_training_job
     from ACTIONPlusPlusLib.slicer_bridge.node_files import save_node
     from ACTIONPlusPlusLib.slicer_bridge.results import load_predictions
-    from ACTIONPlusPlusLib.errors import ActionError
     from ACTIONPlusPlusLib.slicer_bridge.runner import WorkerProcess
 
     in_slicer = getattr(slicer, "app", None) is not None
