@@ -1,8 +1,12 @@
 """ACTION++ semi-supervised cardiac MRI segmentation: the 3D Slicer module.
 
-Wiring only. The work lives in ACTIONPlusPlusLib: ``scene`` (nodes <-> job folders and predictions),
-``runner`` (the background worker process), ``gui_support`` (progress text, settings -> job options,
-input checks, dependency plan; tested without Slicer) and the trainer itself.
+Wiring only. The work lives in ACTIONPlusPlusLib: ``slicer_bridge`` (nodes <-> job folders and
+predictions, the background worker process) with its ``panel`` helpers (progress text, settings -> job
+options, input checks, dependency plan; tested without Slicer), and the trainer itself.
+
+Longer than the Lib's modules on purpose: Slicer's convention keeps the four classes (module, widget,
+logic, self-test) in this one file, and the widget's signal handlers are its bulk.  Whatever is not
+wiring is delegated to the Lib.
 """
 
 from __future__ import annotations
@@ -14,7 +18,6 @@ import os
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Annotated, Any, Callable, Optional
 
@@ -52,9 +55,19 @@ def _addLibraryToPath() -> str:
 
 LIB_PARENT = _addLibraryToPath()
 
-from ACTIONPlusPlusLib import gui_support  # noqa: E402  (needs the path set above)
+from ACTIONPlusPlusLib.slicer_bridge.panel import (  # noqa: E402  (needs the path set above)
+    api_versions,
+    budget_choice,
+    formatting,
+    install_plan,
+    job_options,
+    output_folder,
+    run_progress,
+    selection_checks,
+    self_test,
+)
+from ACTIONPlusPlusLib.slicer_bridge import blocking_run, node_selection  # noqa: E402
 
-SOURCE_VOLUME_ATTRIBUTE = "ACTIONPlusPlus.SourceVolumeID"
 POLL_INTERVAL_MS = 500
 SAMPLE_CATEGORY = "ACTION++"
 
@@ -107,7 +120,7 @@ def _resourcePath(*parts: str) -> str:
 
 def loadTerminology() -> Optional[str]:
     """Load our terminology context (Resources/Terminology) into Slicer's terminology logic, once."""
-    from ACTIONPlusPlusLib import terminology
+    from ACTIONPlusPlusLib.slicer_bridge import terminology
 
     try:
         logic = slicer.modules.terminologies.logic()
@@ -136,7 +149,7 @@ def registerSampleData() -> None:
     except ImportError:
         return
     for preset in ("ACDC", "LA"):
-        gui_support.call_with_supported(
+        api_versions.call_with_supported(
             SampleData.SampleDataLogic.registerCustomSampleDataSource,
             category=SAMPLE_CATEGORY,
             sampleName=f"ACTION++ {preset} phantoms",
@@ -191,7 +204,7 @@ class _ActiveRun:
         self.jobPath = Path(jobPath)
         self.kind = kind  # "train" | "predict"
         self.confidence = confidence
-        self.tracker = gui_support.ProgressTracker()
+        self.tracker = run_progress.ProgressTracker()
         self.events: list[dict] = []
         self.cancelled = False
         self.sceneClosed = False  # the scene was closed meanwhile: results stay on disk, not loaded
@@ -209,7 +222,7 @@ class _CloseGuard(qt.QObject):
     def eventFilter(self, obj, event) -> bool:
         run = self.widget._run
         if event.type() == qt.QEvent.Close and run is not None and self.widget.logic.isInteractive():
-            if not slicer.util.confirmYesNoDisplay(gui_support.close_during_run_question(run.kind, "application"),
+            if not slicer.util.confirmYesNoDisplay(formatting.close_during_run_question(run.kind, "application"),
                                                    windowTitle=_("ACTION++")):
                 event.ignore()
                 return True
@@ -285,7 +298,7 @@ class ACTIONPlusPlusWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             mainWindow.installEventFilter(self._closeGuard)
 
         self.initializeParameterNode()
-        self.ui.packageInfoLabel.text = gui_support.package_info_line()
+        self.ui.packageInfoLabel.text = install_plan.package_info_line()
         qt.QTimer.singleShot(0, self.refreshDeviceInfo)
 
     def cleanup(self) -> None:
@@ -324,7 +337,7 @@ class ACTIONPlusPlusWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             # the scene goes away under the run: ask whether to stop it; either way nothing is loaded into
             # the next scene (the volumes are gone), and the files stay in the run folder
             cancel = self.logic.isInteractive() and slicer.util.confirmYesNoDisplay(
-                gui_support.close_during_run_question(run.kind, "scene"), windowTitle=_("ACTION++"))
+                formatting.close_during_run_question(run.kind, "scene"), windowTitle=_("ACTION++"))
             run.sceneClosed = True
             run.chart = None
             if cancel:
@@ -346,7 +359,7 @@ class ACTIONPlusPlusWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def initializeParameterNode(self) -> None:
         self.setParameterNode(self.logic.getParameterNode())
         current = str(self._parameterNode.outputFolder)
-        folder = gui_support.initial_output_root(current, self.logic.rememberedOutputFolder())
+        folder = output_folder.initial_output_root(current, self.logic.rememberedOutputFolder())
         if folder != current:
             self._parameterNode.outputFolder = Path(folder)
 
@@ -367,10 +380,10 @@ class ACTIONPlusPlusWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._updatingGUI = True
         try:
             preset = self._preset()
-            self.ui.presetInfoLabel.text = gui_support.preset_summary(preset)
+            self.ui.presetInfoLabel.text = budget_choice.preset_summary(preset)
             self.updateEstimate()
             folder = str(self._parameterNode.outputFolder)
-            problem = gui_support.output_root_problem(folder)
+            problem = output_folder.output_root_problem(folder)
             self.ui.outputFolderPathLineEdit.toolTip = problem or _(
                 "Each run writes a run-YYYYmmdd-HHMMSS folder here (job, data, checkpoints, model.pt, predictions).")
             if problem is None:
@@ -386,10 +399,10 @@ class ACTIONPlusPlusWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._parameterNode is None:
             return
         settings = self._panelSettings()
-        device = gui_support.effective_device(self._parameterNode.device, self.logic.deviceInfo())
+        device = job_options.effective_device(self._parameterNode.device, self.logic.deviceInfo())
         try:
-            budget = gui_support.settings_budget(settings)
-            text = gui_support.estimate_text(budget, device, self.logic.measuredSpeed(settings.preset, device), settings.preset)
+            budget = job_options.settings_budget(settings)
+            text = budget_choice.estimate_text(budget, device, self.logic.measuredSpeed(settings.preset, device), settings.preset)
             if budget.notes:
                 text += "\n" + "\n".join(budget.notes)
         except ValueError as exc:
@@ -438,7 +451,7 @@ class ACTIONPlusPlusWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
             excluded = {n.GetID() for n in self._parameterNode.excludedVolumes if n is not None}
             labeled = [v.GetID() for v, _s in pairs]
-            candidates = gui_support.unlabeled_candidates([n.GetID() for n in self.logic.candidateVolumes()], labeled)
+            candidates = selection_checks.unlabeled_candidates([n.GetID() for n in self.logic.candidateVolumes()], labeled)
             listWidget = self.ui.unlabeledListWidget
             listWidget.clear()
             for nodeID in candidates:
@@ -460,7 +473,7 @@ class ACTIONPlusPlusWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if any(v is volume for v, _s in self._labeledPairs()):
             self.showError(_("Volume '{name}' is already a labeled case.").format(name=volume.GetName()))
             return
-        problem = gui_support.segments_problem(segmentation.GetName(), self.logic.segmentEntries(segmentation), self._preset())
+        problem = selection_checks.segments_problem(segmentation.GetName(), self.logic.segmentEntries(segmentation), self._preset())
         if problem:
             self.showError(problem)
             return
@@ -487,16 +500,16 @@ class ACTIONPlusPlusWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # ------------------------------------------------------------------------------- actions
 
-    def _panelSettings(self) -> gui_support.PanelSettings:
+    def _panelSettings(self) -> job_options.PanelSettings:
         p = self._parameterNode
         info = self.logic.deviceInfo()
-        device = gui_support.job_device(p.device, info)
-        return gui_support.PanelSettings(
+        device = job_options.job_device(p.device, info)
+        return job_options.PanelSettings(
             preset=self._preset(),
             budget_mode=p.budgetMode,
             budget_value=p.customBudget,
             budget_unit=p.customBudgetUnit,
-            seconds_per_iteration=self.logic.measuredSpeed(self._preset(), gui_support.effective_device(p.device, info)),
+            seconds_per_iteration=self.logic.measuredSpeed(self._preset(), job_options.effective_device(p.device, info)),
             device=device,
             continue_training=p.continueTraining,
             output_root=str(p.outputFolder),
@@ -512,7 +525,7 @@ class ACTIONPlusPlusWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if self.logic.deviceInfo() is None:
                 self.refreshDeviceInfo()  # torch was just installed: ask what it sees (in the background)
             settings = self._panelSettings()
-            warning = gui_support.output_root_warning(settings.output_root, slicer.app.temporaryPath)
+            warning = output_folder.output_root_warning(settings.output_root, slicer.app.temporaryPath)
             if warning:
                 self.appendLog(_("Warning: {text}").format(text=warning))
             jobPath, plan = self.logic.prepareTrainingJob(
@@ -553,7 +566,7 @@ class ACTIONPlusPlusWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onOpenOutputFolder(self) -> None:
         folder = str(self._parameterNode.outputFolder) if self._parameterNode else ""
-        problem = gui_support.output_root_problem(folder)
+        problem = output_folder.output_root_problem(folder)
         if problem:
             self.showError(problem)
             return
@@ -591,7 +604,7 @@ class ACTIONPlusPlusWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         worker = self.logic.startWorker(jobPath, settings.device)
         self._run = _ActiveRun(worker, jobPath, kind, settings.confidence, settings.preset)
         if kind == "train":
-            from ACTIONPlusPlusLib import charts
+            from ACTIONPlusPlusLib.slicer_bridge import charts
 
             self._run.chart = charts.create_training_chart(slicer.mrmlScene, jobPath.parent.name)
             self.showChart()
@@ -628,7 +641,7 @@ class ACTIONPlusPlusWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         while logLines:
             self.appendLog(logLines.popleft())
         if run.chart is not None and len(run.tracker.history.rows) != run.chartRows:
-            from ACTIONPlusPlusLib import charts
+            from ACTIONPlusPlusLib.slicer_bridge import charts
 
             charts.update_training_chart(slicer.mrmlScene, run.chart, run.tracker.history)
             run.chartRows = len(run.tracker.history.rows)
@@ -713,14 +726,14 @@ class ACTIONPlusPlusWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.deviceInfoLabel.text = _("Asking torch which devices it sees\u2026")
             self._probeTimer.start()
         else:
-            self.ui.deviceInfoLabel.text = gui_support.format_device_info(self.logic.deviceInfo())
+            self.ui.deviceInfoLabel.text = formatting.format_device_info(self.logic.deviceInfo())
 
     def onPollDeviceProbe(self) -> None:
         if self.logic.pollDeviceProbe():
             self._probeTimer.stop()
             info = self.logic.deviceInfo()
-            self.ui.deviceInfoLabel.text = gui_support.format_device_info(info)
-            self.ui.packageInfoLabel.text = gui_support.package_info_line(info=info)
+            self.ui.deviceInfoLabel.text = formatting.format_device_info(info)
+            self.ui.packageInfoLabel.text = install_plan.package_info_line(info=info)
             self.updateEstimate()
 
     def showStatus(self, text: str) -> None:
@@ -746,24 +759,10 @@ class ACTIONPlusPlusWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 #
 
 
-class WorkerOutcome:
-    """What a blocking run returns: exit code, all events and the folded progress state."""
-
-    def __init__(self, returncode: Optional[int], events: list[dict], tracker: gui_support.ProgressTracker, log: list[str]) -> None:
-        self.returncode = returncode
-        self.events = events
-        self.tracker = tracker
-        self.log = log
-
-    @property
-    def message(self) -> str:
-        return self.tracker.outcome_message(self.returncode)
-
-
 class ACTIONPlusPlusLogic(ScriptedLoadableModuleLogic):
     """Everything the panel does, callable without it (Python console, batch scripts, the self-test)."""
 
-    SETTINGS_OUTPUT_FOLDER = gui_support.OUTPUT_FOLDER_SETTING
+    SETTINGS_OUTPUT_FOLDER = output_folder.OUTPUT_FOLDER_SETTING
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
@@ -799,8 +798,8 @@ class ACTIONPlusPlusLogic(ScriptedLoadableModuleLogic):
     def missingDependencies(self) -> tuple[bool, list[str]]:
         """(torch missing, other missing requirements): checked without importing anything."""
         torchLogic = self._pyTorchUtilsLogic()
-        torchMissing = not (torchLogic.torchInstalled() if torchLogic is not None else gui_support.torch_available())
-        return torchMissing, gui_support.missing_requirements()
+        torchMissing = not (torchLogic.torchInstalled() if torchLogic is not None else install_plan.torch_available())
+        return torchMissing, install_plan.missing_requirements()
 
     def ensureDependencies(self, interactive: Optional[bool] = None, log: Optional[Callable[[str], None]] = None) -> None:
         """Install torch and the other requirements after one confirmation, step by step, each step and its
@@ -811,7 +810,7 @@ class ACTIONPlusPlusLogic(ScriptedLoadableModuleLogic):
         """
         log = log or (lambda line: logging.info("ACTION++: %s", line))
         torchMissing, extras = self.missingDependencies()
-        problem = None if torchMissing else gui_support.torch_version_problem()
+        problem = None if torchMissing else install_plan.torch_version_problem()
         if problem:
             raise RuntimeError(problem)
         if not torchMissing and not extras:
@@ -819,14 +818,14 @@ class ACTIONPlusPlusLogic(ScriptedLoadableModuleLogic):
         if interactive is None:
             interactive = self.isInteractive()
         if not interactive:
-            raise RuntimeError(gui_support.headless_install_message(torchMissing, extras))
+            raise RuntimeError(install_plan.headless_install_message(torchMissing, extras))
         torchLogic = self._pyTorchUtilsLogic()
-        text = gui_support.install_confirmation_text(torchMissing, extras, torch_via_extension=torchLogic is not None)
+        text = install_plan.install_confirmation_text(torchMissing, extras, torch_via_extension=torchLogic is not None)
         if not slicer.util.confirmOkCancelDisplay(text, windowTitle=_("ACTION++: install Python packages")):
             raise RuntimeError(_("Installation declined: ACTION++ needs these packages to train or predict."))
-        pipEnsure = gui_support.find_pip_ensure(slicer)
-        steps = gui_support.install_steps(torchMissing, extras, torch_via_extension=torchLogic is not None,
-                                          has_pip_ensure=pipEnsure is not None)
+        pipEnsure = install_plan.find_pip_ensure(slicer)
+        steps = install_plan.install_steps(torchMissing, extras, torch_via_extension=torchLogic is not None,
+                                           has_pip_ensure=pipEnsure is not None)
         for step in steps:
             log(step.title + "\u2026")
             slicer.app.processEvents()
@@ -834,35 +833,35 @@ class ACTIONPlusPlusLogic(ScriptedLoadableModuleLogic):
                 with _waitCursor():
                     self._runInstallStep(step, torchLogic, pipEnsure)
             except Exception as exc:  # noqa: BLE001 - shown with the manual command, then raised
-                message = gui_support.install_failure_text(step, exc)
+                message = install_plan.install_failure_text(step, exc)
                 log(message)
                 raise RuntimeError(message) from exc
             log(_("{title}: done.").format(title=step.title))
         torchMissing, extras = self.missingDependencies()
         if torchMissing or extras:
-            message = gui_support.headless_install_message(torchMissing, extras)
+            message = install_plan.headless_install_message(torchMissing, extras)
             log(message)
             raise RuntimeError(message)
         self._deviceInfo = None  # torch is new: ask again what it sees
 
     @staticmethod
-    def _runInstallStep(step: "gui_support.InstallStep", torchLogic, pipEnsure) -> None:
+    def _runInstallStep(step: "install_plan.InstallStep", torchLogic, pipEnsure) -> None:
         from packaging.requirements import Requirement
 
         if step.method == "pytorch-extension":
             # picks the CUDA build that matches the driver; the user already confirmed
-            torch = gui_support.call_with_supported(
-                torchLogic.installTorch, askConfirmation=False, torchVersionRequirement=gui_support.TORCH_REQUIREMENT[len("torch"):]
+            torch = api_versions.call_with_supported(
+                torchLogic.installTorch, askConfirmation=False, torchVersionRequirement=install_plan.TORCH_REQUIREMENT[len("torch"):]
             )
             if torch is None:
                 raise RuntimeError(_("the PyTorch extension did not install torch"))
         elif step.method == "pip_ensure":
-            gui_support.call_with_supported(
-                pipEnsure, [Requirement(step.requirement)], skip_packages=list(gui_support.PROTECTED_PACKAGES),
+            api_versions.call_with_supported(
+                pipEnsure, [Requirement(step.requirement)], skip_packages=list(install_plan.PROTECTED_PACKAGES),
                 prompt_install=False, requester="ACTION++",
             )
         else:
-            for command in gui_support.pip_install_commands([step.requirement]):
+            for command in install_plan.pip_install_commands([step.requirement]):
                 slicer.util.pip_install(command)
 
     # ------------------------------------------------------------------------ devices, settings
@@ -874,7 +873,7 @@ class ACTIONPlusPlusLogic(ScriptedLoadableModuleLogic):
         if torchMissing:
             self._deviceInfo = None
             return False
-        from ACTIONPlusPlusLib.runner import DeviceProbe
+        from ACTIONPlusPlusLib.slicer_bridge.device_probe import DeviceProbe
 
         self._deviceProbe = DeviceProbe().start()
         return True
@@ -909,20 +908,20 @@ class ACTIONPlusPlusLogic(ScriptedLoadableModuleLogic):
 
     def measuredSpeed(self, preset: str, device: str) -> Optional[float]:
         """Seconds per iteration measured by the last run of ``preset`` on ``device`` (None: not yet)."""
-        value = self._settings().value(gui_support.speed_key(preset, device))
+        value = self._settings().value(budget_choice.speed_key(preset, device))
         try:
             return float(value) if value not in (None, "") else None
         except (TypeError, ValueError):
             return None
 
     def rememberSpeed(self, preset: str, device: str, secondsPerIteration: float) -> None:
-        self._settings().setValue(gui_support.speed_key(preset, device), float(secondsPerIteration))
+        self._settings().setValue(budget_choice.speed_key(preset, device), float(secondsPerIteration))
 
     def loadSampleData(self, preset: str) -> tuple[list, list]:
         """Phantom cases of ``preset`` (new nodes), registered in the panel as labeled and unlabeled."""
-        from ACTIONPlusPlusLib import scene as bridge
+        from ACTIONPlusPlusLib.slicer_bridge.samples import add_phantom_sample
 
-        pairs, unlabeled = bridge.add_phantom_sample(slicer.mrmlScene, preset.lower())
+        pairs, unlabeled = add_phantom_sample(slicer.mrmlScene, preset.lower())
         parameters = self.getParameterNode()
         parameters.preset = preset.upper()
         parameters.labeledPairs = list(parameters.labeledPairs) + pairs
@@ -934,104 +933,75 @@ class ACTIONPlusPlusLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def candidateVolumes() -> list[Any]:
-        """The scene's scalar volumes that can be training data (no labelmaps, no ACTION++ outputs).
-
-        Imports nothing from the Lib beyond gui_support: it runs before the dependencies are installed.
-        """
-        nodes = []
-        for node in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode"):
-            if node.IsA("vtkMRMLLabelMapVolumeNode") or node.GetHideFromEditors():
-                continue
-            if node.GetAttribute(SOURCE_VOLUME_ATTRIBUTE):  # a confidence volume we added
-                continue
-            nodes.append(node)
-        return nodes
+        """The scene's scalar volumes that can be training data (no labelmaps, no ACTION++ outputs)."""
+        return node_selection.candidate_volumes(slicer.mrmlScene)
 
     @staticmethod
     def segmentEntries(segmentationNode) -> list[tuple[str, str]]:
         """(name, terminology entry) of each segment."""
-        segmentation = segmentationNode.GetSegmentation()
-        return [
-            (segmentation.GetNthSegment(i).GetName() or "", segmentation.GetNthSegment(i).GetTerminology() or "")
-            for i in range(segmentation.GetNumberOfSegments())
-        ]
+        return node_selection.segment_entries(segmentationNode)
 
     @staticmethod
     def sourceVolume(segmentationNode) -> Any:
         """The volume a prediction was made on (recorded when it was added), or None."""
-        nodeID = segmentationNode.GetAttribute(SOURCE_VOLUME_ATTRIBUTE)
-        return slicer.mrmlScene.GetNodeByID(nodeID) if nodeID else None
+        return node_selection.source_volume(slicer.mrmlScene, segmentationNode)
 
     def selectionProblems(self, pairs: list[tuple[Any, Any]], unlabeled: list[Any], preset: str) -> list[str]:
-        names = {n.GetID(): n.GetName() for pair in pairs for n in pair if n is not None}
-        names.update({n.GetID(): n.GetName() for n in unlabeled})
-        problems = gui_support.selection_problems(
-            [(v.GetID() if v else None, s.GetID() if s else None) for v, s in pairs], [n.GetID() for n in unlabeled], names
-        )
-        for volume, segmentation in pairs:
-            if volume is not None and segmentation is not None and segmentation.IsA("vtkMRMLSegmentationNode"):
-                problem = gui_support.segments_problem(segmentation.GetName(), self.segmentEntries(segmentation), preset)
-                if problem:
-                    problems.append(problem)
-        return problems
-
-    @staticmethod
-    def _voxels(nodes) -> int:
-        return sum(n.GetImageData().GetNumberOfPoints() for n in nodes if n is not None and n.GetImageData() is not None)
+        return node_selection.node_selection_problems(pairs, unlabeled, preset)
 
     def prepareTrainingJob(
-        self, pairs: list[tuple[Any, Any]], unlabeled: list[Any], settings: gui_support.PanelSettings, predictUnlabeled: bool = True,
+        self, pairs: list[tuple[Any, Any]], unlabeled: list[Any], settings: job_options.PanelSettings, predictUnlabeled: bool = True,
         progress: Optional[Callable[[int, int, str], None]] = None,
-    ) -> tuple[Path, gui_support.RunPlan]:
+    ) -> tuple[Path, job_options.RunPlan]:
         """Check the selection and the disk, then export the nodes as a job folder; returns (job.json, plan).
 
         Raises with a message for the panel; the user's nodes are only read.
         """
-        from ACTIONPlusPlusLib import scene as bridge
+        from ACTIONPlusPlusLib.slicer_bridge.job_folder import write_training_job
 
         problems = self.selectionProblems(pairs, unlabeled, settings.preset)
         if problems:
             raise ValueError("\n".join(problems))
-        plan = gui_support.plan_run(settings)
-        voxels = self._voxels([v for v, _s in pairs]) + self._voxels(unlabeled)
-        predicted = self._voxels(unlabeled) if predictUnlabeled else 0
-        required = gui_support.required_disk_bytes(voxels, predicted, confidence=settings.confidence)
-        problem = gui_support.free_disk_message(plan.job_dir, required)
+        plan = job_options.plan_run(settings)
+        voxels = node_selection.voxel_count([v for v, _s in pairs]) + node_selection.voxel_count(unlabeled)
+        predicted = node_selection.voxel_count(unlabeled) if predictUnlabeled else 0
+        required = output_folder.required_disk_bytes(voxels, predicted, confidence=settings.confidence)
+        problem = output_folder.free_disk_message(plan.job_dir, required)
         if problem:
             raise OSError(problem)
-        options = gui_support.build_job_options(settings, plan)
-        jobPath = bridge.write_training_job(
+        options = job_options.build_job_options(settings, plan)
+        jobPath = write_training_job(
             slicer.mrmlScene, pairs, unlabeled, [], plan.job_dir, settings.preset,
             output_dir=plan.output_dir, predict_unlabeled=predictUnlabeled, progress=progress, **options,
         )
         return Path(jobPath), plan
 
-    def preparePredictionJob(self, volumes: list[Any], modelPath: str, settings: gui_support.PanelSettings) -> Path:
+    def preparePredictionJob(self, volumes: list[Any], modelPath: str, settings: job_options.PanelSettings) -> Path:
         """Export the volumes as a predict job for an existing model file; returns job.json."""
-        from ACTIONPlusPlusLib import scene as bridge
+        from ACTIONPlusPlusLib.slicer_bridge.job_folder import write_training_job
 
         volumes = [v for v in volumes if v is not None]
         if not volumes:
             raise ValueError(_("Pick the volume to segment."))
         if not modelPath or modelPath == "." or not os.path.isfile(modelPath):
             raise ValueError(_("Pick an existing model file (model.pt of a training run)."))
-        problem = gui_support.output_root_problem(settings.output_root)
+        problem = output_folder.output_root_problem(settings.output_root)
         if problem:
             raise ValueError(problem)
-        jobDir = gui_support.new_run_folder(settings.output_root, prefix="predict")
-        problem = gui_support.free_disk_message(jobDir, gui_support.required_disk_bytes(2 * self._voxels(volumes), confidence=settings.confidence))
+        jobDir = output_folder.new_run_folder(settings.output_root, prefix="predict")
+        problem = output_folder.free_disk_message(jobDir, output_folder.required_disk_bytes(2 * node_selection.voxel_count(volumes), confidence=settings.confidence))
         if problem:
             raise OSError(problem)
-        options = gui_support.build_job_options(settings)
+        options = job_options.build_job_options(settings)
         options.update(mode="predict", model=modelPath, resume=False)
-        jobPath = bridge.write_training_job(slicer.mrmlScene, [], [], volumes, jobDir, settings.preset, **options)
+        jobPath = write_training_job(slicer.mrmlScene, [], [], volumes, jobDir, settings.preset, **options)
         return Path(jobPath)
 
     # ------------------------------------------------------------------------------- worker
 
     def startWorker(self, jobPath: Path, device: str = "auto"):
         """Start the worker process on a job (with Slicer's own Python); poll it with ``poll_events()``."""
-        from ACTIONPlusPlusLib.runner import WorkerProcess
+        from ACTIONPlusPlusLib.slicer_bridge.runner import WorkerProcess
 
         worker = WorkerProcess(str(jobPath), force_cpu=(device or "").lower() == "cpu")
         worker.start()
@@ -1039,49 +1009,17 @@ class ACTIONPlusPlusLogic(ScriptedLoadableModuleLogic):
 
     def runWorkerBlocking(
         self, jobPath: Path, device: str = "auto", timeout: Optional[float] = None, callback: Optional[Callable[[dict], None]] = None
-    ) -> WorkerOutcome:
+    ) -> blocking_run.WorkerOutcome:
         """Run a job to the end (batch scripts, the self-test). ``callback`` gets every event."""
         worker = self.startWorker(jobPath, device)
-        tracker = gui_support.ProgressTracker()
-        events: list[dict] = []
-        start = time.monotonic()
-        try:
-            while True:
-                for event in worker.poll_events():
-                    events.append(event)
-                    line = tracker.handle(event)
-                    if line:
-                        logging.info("ACTION++: %s", line)
-                    if callback is not None:
-                        callback(event)
-                if not worker.is_running:
-                    for event in worker.poll_events():
-                        events.append(event)
-                        tracker.handle(event)
-                    break
-                if timeout is not None and time.monotonic() - start > timeout:
-                    worker.cancel()
-                    raise TimeoutError(f"the worker did not finish within {timeout:.0f} s")
-                time.sleep(0.2)
-                if slicer.app is not None:
-                    slicer.app.processEvents()
-        except BaseException:
-            if worker.is_running:
-                worker.cancel()
-            raise
-        return WorkerOutcome(worker.exit_code, events, tracker, list(worker.log_lines))
+        return blocking_run.run_to_end(worker, timeout, callback, idle=lambda: slicer.app is not None and slicer.app.processEvents())
 
     def loadResults(self, jobDir: Path, events: Optional[list[dict]] = None, withConfidence: bool = False) -> list:
         """Add the job's predictions as new segmentation nodes (and confidence volumes)."""
-        from ACTIONPlusPlusLib import scene as bridge
+        from ACTIONPlusPlusLib.slicer_bridge.results import load_predictions
 
-        imports = bridge.load_predictions(slicer.mrmlScene, jobDir, events, with_confidence=withConfidence)
-        for item in imports:
-            if item.segmentation_node is not None and item.volume_node is not None:
-                item.segmentation_node.SetAttribute(SOURCE_VOLUME_ATTRIBUTE, item.volume_node.GetID())
-            confidence = getattr(item, "confidence_node", None)
-            if confidence is not None and item.volume_node is not None:
-                confidence.SetAttribute(SOURCE_VOLUME_ATTRIBUTE, item.volume_node.GetID())
+        imports = load_predictions(slicer.mrmlScene, jobDir, events, with_confidence=withConfidence)
+        node_selection.mark_sources(imports)
         return imports
 
     @staticmethod
@@ -1151,29 +1089,29 @@ class ACTIONPlusPlusTest(ScriptedLoadableModuleTest):
     def _phantomScene(self, count: int):
         import numpy as np
 
-        from ACTIONPlusPlusLib import scene as bridge
         from ACTIONPlusPlusLib.data import phantoms
+        from ACTIONPlusPlusLib.slicer_bridge.volumes import volume_node_from_case
 
         rng = np.random.default_rng(7)
         cases, volumes = [], []
         for index in range(count):
             case = phantoms.cardiac_phantom_case(rng, f"Phantom{index}", num_slices=4, size=(64, 64))
             cases.append(case)
-            volumes.append(bridge.volume_node_from_case(slicer.mrmlScene, case, case.id))
+            volumes.append(volume_node_from_case(slicer.mrmlScene, case, case.id))
         return cases, volumes
 
     def _truthSegmentation(self, case, volume):
-        from ACTIONPlusPlusLib import scene as bridge
+        from ACTIONPlusPlusLib.slicer_bridge.prediction_nodes import add_prediction_to_scene
 
-        return bridge.add_prediction_to_scene(slicer.mrmlScene, case.label, volume, self.PRESET, name=f"{case.id} truth")
+        return add_prediction_to_scene(slicer.mrmlScene, case.label, volume, self.PRESET, name=f"{case.id} truth")
 
     @staticmethod
     def _mtimes(nodes) -> dict:
         return {n.GetID(): n.GetMTime() for n in nodes}
 
-    def _settings(self, outputRoot: str) -> gui_support.PanelSettings:
+    def _settings(self, outputRoot: str) -> job_options.PanelSettings:
         # "paper" = budget_iterations 0: the explicit (tiny) counts of OVERRIDES are the schedule
-        return gui_support.PanelSettings(
+        return job_options.PanelSettings(
             preset=self.PRESET, budget_mode="paper", device="cpu",
             output_root=outputRoot, extra_overrides=dict(self.OVERRIDES), seed=0,
         )
@@ -1231,8 +1169,8 @@ class ACTIONPlusPlusTest(ScriptedLoadableModuleTest):
     def test_TrainAndPredictPhantom(self) -> None:
         import numpy as np
 
-        from ACTIONPlusPlusLib import scene as bridge
-        from ACTIONPlusPlusLib import terminology
+        from ACTIONPlusPlusLib.slicer_bridge import terminology
+        from ACTIONPlusPlusLib.slicer_bridge.segmentations import label_from_node
 
         self.delayDisplay("Quick ACTION++ training on phantoms (CPU, real worker)")
         logic = self._logicWithDependencies()
@@ -1268,11 +1206,11 @@ class ACTIONPlusPlusTest(ScriptedLoadableModuleTest):
             for r in range(3):
                 for c in range(3):
                     self.assertAlmostEqual(directions.GetElement(r, c), volumeDirections.GetElement(r, c), places=5)
-            predicted = bridge.label_from_node(item.segmentation_node, volume, self.PRESET)
+            predicted = label_from_node(item.segmentation_node, volume, self.PRESET)
             self.assertEqual(predicted.shape, case.label.shape)
             self.assertEqual(logic.sourceVolume(item.segmentation_node), volume)
-            scores = [gui_support.dice(predicted, case.label, info.value) for info in terminology.classes(self.PRESET)]
-            chance = [gui_support.chance_dice(case.label, info.value) for info in terminology.classes(self.PRESET)]
+            scores = [self_test.dice(predicted, case.label, info.value) for info in terminology.classes(self.PRESET)]
+            chance = [self_test.chance_dice(case.label, info.value) for info in terminology.classes(self.PRESET)]
             logging.info("ACTION++ self-test %s: Dice %s, chance %s", volume.GetName(), np.round(scores, 3), np.round(chance, 3))
             self.assertGreater(float(np.mean(scores)), float(np.mean(chance)), f"Dice {scores} not above chance {chance}")
 

@@ -95,20 +95,20 @@ class BatchError(Exception):
 
 def _iterations(preset: str, text: str, minutes: float | None = None, speed: float | None = None) -> dict[str, int]:
     """Config overrides for the budget; prints how it lays out (and any note about dropped phases)."""
-    from ACTIONPlusPlusLib import gui_support
+    from ACTIONPlusPlusLib.slicer_bridge.panel import budget_choice
 
     text = text.strip().lower()
     try:
         if minutes is not None:
-            budget = gui_support.budget_for(preset, "custom", minutes, "minutes", speed)
+            budget = budget_choice.budget_for(preset, "custom", minutes, "minutes", speed)
         elif text in ("quick", "paper"):
-            budget = gui_support.budget_for(preset, text)
+            budget = budget_choice.budget_for(preset, text)
         else:
             parts = [int(v) for v in re.split(r"[,x ]+", text) if v]
             if len(parts) == 1:
-                budget = gui_support.budget_for(preset, "custom", parts[0])
+                budget = budget_choice.budget_for(preset, "custom", parts[0])
             else:
-                return gui_support.explicit_iterations(parts)
+                return budget_choice.explicit_iterations(parts)
     except ValueError as exc:
         what = f"--minutes {minutes:g}" if minutes is not None else f"--iterations {text!r}"
         raise BatchError(f"{what}: {exc} (use quick, paper, a number N or three numbers W,J,F)") from exc
@@ -154,13 +154,13 @@ class Resolver:
         return None
 
     def volume(self, item: str) -> Any:
-        from ACTIONPlusPlusLib import scene as bridge
+        from ACTIONPlusPlusLib.slicer_bridge.node_files import load_volume_file
 
         key = ("volume", item)
         if key in self.loaded:
             return self.loaded[key]
         if Path(item).is_file():
-            node = bridge.load_volume_file(self.scene, item)
+            node = load_volume_file(self.scene, item)
         elif self.by_name and self._node_by_name(item, ["vtkMRMLScalarVolumeNode"]) is not None:
             node = self._node_by_name(item, ["vtkMRMLScalarVolumeNode"])
         else:
@@ -169,10 +169,10 @@ class Resolver:
         return node
 
     def label(self, item: str) -> Any:
-        from ACTIONPlusPlusLib import scene as bridge
+        from ACTIONPlusPlusLib.slicer_bridge.node_files import load_label_file
 
         if Path(item).is_file():
-            return bridge.load_label_file(self.scene, item)
+            return load_label_file(self.scene, item)
         if self.by_name:
             node = self._node_by_name(item, ["vtkMRMLSegmentationNode", "vtkMRMLLabelMapVolumeNode"])
             if node is not None:
@@ -234,18 +234,20 @@ def run(argv: Sequence[str]) -> int:
         return EXIT_OK
     args = build_parser().parse_args(list(argv))
     _make_lib_importable()
-    from ACTIONPlusPlusLib import gui_support
+    from ACTIONPlusPlusLib.slicer_bridge.panel import install_plan
 
     in_slicer = getattr(sys.modules.get("slicer"), "app", None) is not None
-    problem = gui_support.batch_dependency_problem(in_slicer)  # before anything needs torch or psutil
+    problem = install_plan.batch_dependency_problem(in_slicer)  # before anything needs torch or psutil
     if problem:
         print(f"error: {problem}", file=sys.stderr, flush=True)
         return EXIT_BAD_INPUT
     import slicer
 
-    from ACTIONPlusPlusLib import scene as bridge
     from ACTIONPlusPlusLib.errors import ActionError
-    from ACTIONPlusPlusLib.runner import WorkerProcess
+    from ACTIONPlusPlusLib.slicer_bridge.job_folder import write_training_job
+    from ACTIONPlusPlusLib.slicer_bridge.node_files import save_node
+    from ACTIONPlusPlusLib.slicer_bridge.results import load_predictions
+    from ACTIONPlusPlusLib.slicer_bridge.runner import WorkerProcess
 
     in_slicer = getattr(slicer, "app", None) is not None
     mode = args.mode or ("predict" if args.model and not args.labeled else "train")
@@ -274,7 +276,7 @@ def run(argv: Sequence[str]) -> int:
         unlabeled = [resolver.volume(item) for item in args.unlabeled]
         predict = [resolver.volume(item) for item in args.predict]
         out = Path(args.out)
-        job_path = bridge.write_training_job(
+        job_path = write_training_job(
             scene, pairs, unlabeled, predict, out / "job", args.preset, mode=mode,
             model=Path(args.model).resolve() if args.model else None, resume=args.resume, overrides=overrides,
             device=args.device, seed=args.seed, write_confidence=args.confidence,
@@ -318,17 +320,17 @@ def run(argv: Sequence[str]) -> int:
         return code
 
     try:
-        imports = bridge.load_predictions(scene, job_path.parent, events, with_confidence=args.confidence)
+        imports = load_predictions(scene, job_path.parent, events, with_confidence=args.confidence)
         saved = 0
         for item in imports:
             if item.segmentation_node is None:
                 print(f"warning: {item.message}", file=sys.stderr, flush=True)
                 continue
-            path = bridge.save_node(item.segmentation_node, out / f"{_file_name(item.segmentation_node.GetName())}.seg.nrrd")
+            path = save_node(item.segmentation_node, out / f"{_file_name(item.segmentation_node.GetName())}.seg.nrrd")
             print(f"saved {path}", flush=True)
             saved += 1
             if item.confidence_node is not None:
-                conf = bridge.save_node(item.confidence_node, out / f"{_file_name(item.confidence_node.GetName())}.nrrd")
+                conf = save_node(item.confidence_node, out / f"{_file_name(item.confidence_node.GetName())}.nrrd")
                 print(f"saved {conf}", flush=True)
     except (ActionError, OSError) as exc:
         print(f"error: could not save the results: {exc}", file=sys.stderr, flush=True)

@@ -1,8 +1,8 @@
 """Device selection and mixed precision, in one place for the trainer, inference, worker and GUI.
 
 Devices: ``auto`` picks a CUDA GPU, else Apple's ``mps`` GPU, else the CPU.  On ``mps`` the worker
-sets ``PYTORCH_ENABLE_MPS_FALLBACK=1`` (``runner.py``) so that an operation MPS lacks runs on the CPU
-instead of failing.
+sets ``PYTORCH_ENABLE_MPS_FALLBACK=1`` (``slicer_bridge/child_process.py``) so that an operation MPS
+lacks runs on the CPU instead of failing.
 
 Mixed precision (``Config.amp``), chosen by :func:`amp_dtype` from what the GPU really supports:
 

@@ -1,6 +1,6 @@
 """The ``job.json`` a worker runs: schema, validation and atomic writing (no slicer, no Qt).
 
-A job is machine-written (by ``scene.write_training_job``, the batch script or the CLI) and read by
+A job is machine-written (by ``slicer_bridge.job_folder.write_training_job``, the batch script or the CLI) and read by
 ``worker.py`` in another process, possibly another interpreter: ``read_job`` therefore checks EVERY field
 and reports the first problem as a :class:`~ACTIONPlusPlusLib.errors.DataError` that names the field and
 the job file.  All fields are required (``write_job`` always writes them all); unknown fields are

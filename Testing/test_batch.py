@@ -13,10 +13,13 @@ import pytest
 slicer = pytest.importorskip("slicer", reason="slicer-core is not installed (pip install slicer-core==5.11.0.6)")
 import slicer.util  # noqa: E402
 
-from ACTIONPlusPlusLib import scene as bridge  # noqa: E402
-from ACTIONPlusPlusLib import terminology  # noqa: E402
 from ACTIONPlusPlusLib.data.imageio import write_image, write_label  # noqa: E402
 from ACTIONPlusPlusLib.data.phantoms import cardiac_phantom_case  # noqa: E402
+from ACTIONPlusPlusLib.slicer_bridge import terminology  # noqa: E402
+from ACTIONPlusPlusLib.slicer_bridge.geometry import same_grid  # noqa: E402
+from ACTIONPlusPlusLib.slicer_bridge.node_files import load_segmentation_file, load_volume_file, save_node  # noqa: E402
+from ACTIONPlusPlusLib.slicer_bridge.segmentations import preset_color_table  # noqa: E402
+from ACTIONPlusPlusLib.slicer_bridge.volumes import case_from_volume_node, volume_node_from_case  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "ACTIONPlusPlus" / "ACTIONPlusPlusBatch.py"
@@ -51,9 +54,9 @@ def inputs(tmp_path_factory):
     write_image(root / "p.nii.gz", cases["p"].image, cases["p"])
     # a.seg.nrrd: a real Slicer segmentation with synonyms as names, made through MRML
     scene = slicer.vtkMRMLScene()
-    volume = bridge.load_volume_file(scene, root / "a.nrrd")
+    volume = load_volume_file(scene, root / "a.nrrd")
     labels = cases["a"].label
-    case_mrml = bridge.case_from_volume_node(volume)
+    case_mrml = case_from_volume_node(volume)
     # Slicer's reader may flip a left-handed file: put the label through the same geometry
     import SimpleITK as sitk
 
@@ -63,7 +66,7 @@ def inputs(tmp_path_factory):
     target = sitk.Image(case_mrml.image.shape[::-1], sitk.sitkUInt8)
     target.SetSpacing(case_mrml.spacing), target.SetOrigin(case_mrml.origin), target.SetDirection(case_mrml.direction)
     on_grid = sitk.GetArrayFromImage(sitk.Resample(lab_img, target, sitk.Transform(), sitk.sitkNearestNeighbor))
-    lm = bridge.volume_node_from_case(scene, case_mrml, "lm", labelmap=True, array=on_grid)
+    lm = volume_node_from_case(scene, case_mrml, "lm", labelmap=True, array=on_grid)
     seg = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "a seg")
     seg.SetReferenceImageGeometryParameterFromVolumeNode(volume)
     assert slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(lm, seg)
@@ -71,7 +74,7 @@ def inputs(tmp_path_factory):
     for i in range(seg.GetSegmentation().GetNumberOfSegments()):
         segment = seg.GetSegmentation().GetNthSegment(i)
         segment.SetName(names[segment.GetLabelValue()])
-    bridge.save_node(seg, root / "a.seg.nrrd")
+    save_node(seg, root / "a.seg.nrrd")
     return root
 
 
@@ -91,8 +94,8 @@ def test_batch_trains_predicts_and_saves_segmentations(inputs, tmp_path):
     assert (out / "u ACTION++ confidence.nrrd").is_file()
     # reload: names, colours, terminology; geometry consistent with the input image
     scene = slicer.vtkMRMLScene()
-    volume = bridge.load_volume_file(scene, inputs / "u.nrrd")
-    seg = bridge.load_segmentation_file(scene, out / "u ACTION++.seg.nrrd")
+    volume = load_volume_file(scene, inputs / "u.nrrd")
+    seg = load_segmentation_file(scene, out / "u ACTION++.seg.nrrd")
     segmentation = seg.GetSegmentation()
     for info in terminology.classes("acdc"):
         segment = segmentation.GetSegment(segmentation.GetSegmentIdBySegmentName(info.name))
@@ -102,12 +105,12 @@ def test_batch_trains_predicts_and_saves_segmentations(inputs, tmp_path):
     exported = scratch.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
     ids = [segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments())]
     assert slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(
-        seg, ids, exported, volume, 0, bridge._preset_color_table(scratch, "acdc"))
+        seg, ids, exported, volume, 0, preset_color_table(scratch, "acdc"))
     saved = slicer.util.arrayFromVolume(exported)
     # the worker's own prediction file, brought onto the same volume through geometry
     prediction = out / "job" / "run" / "predictions" / "u.nrrd"
-    pred_node = bridge.load_volume_file(scene, prediction, labelmap=True)
-    assert bridge._same_grid(pred_node, volume)
+    pred_node = load_volume_file(scene, prediction, labelmap=True)
+    assert same_grid(pred_node, volume)
     assert np.array_equal(saved, slicer.util.arrayFromVolume(pred_node))
 
 

@@ -8,7 +8,8 @@ import pytest
 
 slicer = pytest.importorskip("slicer", reason="slicer-core is not installed (pip install slicer-core==5.11.0.6)")
 
-from ACTIONPlusPlusLib import charts, gui_support  # noqa: E402
+from ACTIONPlusPlusLib.slicer_bridge import charts  # noqa: E402
+from ACTIONPlusPlusLib.slicer_bridge.panel.run_progress import LossHistory  # noqa: E402
 
 STREAM = [
     {"event": "start", "device": "cpu"},
@@ -35,7 +36,7 @@ def _table_columns(table_node):
 def test_table_and_charts_from_a_recorded_event_stream():
     scene = slicer.vtkMRMLScene()
     chart = charts.create_training_chart(scene, "run-20260301-101500")
-    history = gui_support.LossHistory()
+    history = LossHistory()
     for event in STREAM[:3]:  # the panel updates the chart while the run goes on
         history.add(event)
     charts.update_training_chart(scene, chart, history)
@@ -69,6 +70,6 @@ def test_never_writes_into_a_users_table():
     chart = charts.create_training_chart(scene, "run")
     chart.table = mine
     with pytest.raises(ValueError, match="refusing"):
-        charts.update_training_chart(scene, chart, gui_support.LossHistory())
+        charts.update_training_chart(scene, chart, LossHistory())
     other = charts.create_training_chart(scene, "run")
     assert other.table.GetName() != charts.create_training_chart(scene, "run").table.GetName()  # unique names

@@ -129,14 +129,13 @@ def test_no_torch_in_slicers_process_when_the_panel_opens(tree):
     for node in ast.walk(tree):  # the Lib modules the panel imports never import torch at their top level
         if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("ACTIONPlusPlusLib"):
             for alias in node.names:
-                module = node.module if node.module != "ACTIONPlusPlusLib" else f"ACTIONPlusPlusLib.{alias.name}"
+                module = f"{node.module}.{alias.name}"
                 if _module_ast(module) is None:
                     module = node.module
                 top = _module_ast(module)
                 imported = {n.names[0].name.split(".")[0] for n in top.body if isinstance(n, ast.Import)}
                 imported |= {(n.module or "").split(".")[0] for n in top.body if isinstance(n, ast.ImportFrom)}
-                if module not in ("ACTIONPlusPlusLib.scene", "ACTIONPlusPlusLib.charts"):  # bridge: imported on use
-                    assert "torch" not in imported, f"{module} imports torch at its top level"
+                assert "torch" not in imported, f"{module} imports torch at its top level"
 
 
 def _function(tree, cls, name):
@@ -194,34 +193,49 @@ def _attribute_uses(tree: ast.Module, name: str) -> set[str]:
     }
 
 
-@pytest.mark.parametrize("alias,module", [("gui_support", "ACTIONPlusPlusLib.gui_support"), ("bridge", "ACTIONPlusPlusLib.scene")])
-def test_lib_names_used_by_the_module_exist(tree, alias, module):
-    used = _attribute_uses(tree, alias)
-    assert used, f"{alias} is not used?"
-    defined = _top_level_names(_module_ast(module))
-    missing = sorted(used - defined)
-    assert not missing, f"{module} has no {missing}"
+def _imported_lib_modules(tree: ast.Module) -> dict[str, str]:
+    """{local name: Lib module} for every Lib module the module file imports as a name
+    (``from ACTIONPlusPlusLib.slicer_bridge.panel import run_progress``)."""
+    found = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("ACTIONPlusPlusLib"):
+            for alias in node.names:
+                module = f"{node.module}.{alias.name}"
+                if _module_ast(module) is not None:
+                    found[alias.asname or alias.name] = module
+    return found
+
+
+def test_lib_names_used_by_the_module_exist(tree):
+    modules = _imported_lib_modules(tree)
+    assert "run_progress" in modules and "job_options" in modules  # the panel helpers are found
+    for alias, module in modules.items():
+        used = _attribute_uses(tree, alias)
+        assert used, f"{alias} is imported but not used"
+        defined = _top_level_names(_module_ast(module))
+        missing = sorted(used - defined)
+        assert not missing, f"{module} has no {missing}"
 
 
 def test_bridge_and_runner_calls_match_their_signatures():
     pytest.importorskip("slicer", reason="slicer-core is not installed")
     import inspect
 
-    from ACTIONPlusPlusLib import runner, scene
+    from ACTIONPlusPlusLib.slicer_bridge import job_folder, results, runner
 
     source = MODULE_FILE.read_text()
-    write = inspect.signature(scene.write_training_job).parameters
+    write = inspect.signature(job_folder.write_training_job).parameters
     for keyword in re.findall(r"\b(output_dir|predict_unlabeled|progress)=", source):
         assert keyword in write
     assert "progress" in write
-    load = inspect.signature(scene.load_predictions).parameters
+    load = inspect.signature(results.load_predictions).parameters
     assert "with_confidence" in load
     worker = inspect.signature(runner.WorkerProcess).parameters
     assert "force_cpu" in worker
     for attribute in ("poll_events", "cancel", "is_running", "exit_code", "log_lines", "start"):
         assert attribute in source
         assert hasattr(runner.WorkerProcess, attribute) or attribute == "log_lines"
-    imports = scene.PredictionImport.__dataclass_fields__
+    imports = results.PredictionImport.__dataclass_fields__
     for field in ("segmentation_node", "volume_node", "message"):
         assert field in imports
 
@@ -310,14 +324,14 @@ def test_ui_bindings_match_the_parameter_node(tree, ui):
 
 def test_parameter_defaults_are_consistent(tree):
     fields = _parameter_fields(tree)
-    from ACTIONPlusPlusLib import gui_support
+    from ACTIONPlusPlusLib.slicer_bridge.panel import budget_choice
 
     defaults = {name: ast.literal_eval(node.value) for name, node in fields.items() if node.value is not None}
     preset = defaults["preset"].lower()
-    for mode in gui_support.BUDGET_MODES:
-        for unit in gui_support.BUDGET_UNITS:
-            assert gui_support.budget_for(preset, mode, defaults["customBudget"], unit).total > 0
-    assert defaults["budgetMode"] in gui_support.BUDGET_MODES and defaults["customBudgetUnit"] in gui_support.BUDGET_UNITS
+    for mode in budget_choice.BUDGET_MODES:
+        for unit in budget_choice.BUDGET_UNITS:
+            assert budget_choice.budget_for(preset, mode, defaults["customBudget"], unit).total > 0
+    assert defaults["budgetMode"] in budget_choice.BUDGET_MODES and defaults["customBudgetUnit"] in budget_choice.BUDGET_UNITS
     assert defaults["device"].lower() in ("auto", "gpu", "cpu")
 
 
@@ -361,7 +375,7 @@ def render_panel(path: Path | None = None, sample: bool = True):
             box.setTitle(title)
     find = lambda cls, name: widget.findChild(cls, name)  # noqa: E731
     if sample:
-        from ACTIONPlusPlusLib import gui_support
+        from ACTIONPlusPlusLib.slicer_bridge.panel import budget_choice, formatting, install_plan, run_progress
 
         table = find(QtWidgets.QTableWidget, "labeledTableWidget")
         table.horizontalHeader().setSectionResizeMode(QtWidgets.QHeaderView.Stretch)
@@ -382,27 +396,27 @@ def render_panel(path: Path | None = None, sample: bool = True):
         find(QtWidgets.QComboBox, "budgetComboBox").setCurrentText("custom")
         find(QtWidgets.QSpinBox, "customBudgetSpinBox").setValue(60)
         find(QtWidgets.QComboBox, "customBudgetUnitComboBox").setCurrentText("minutes")
-        budget = gui_support.budget_for("la", "custom", 60, "minutes", seconds_per_iteration=0.27)
-        find(QtWidgets.QLabel, "budgetEstimateLabel").setText(gui_support.estimate_text(budget, "cuda", 0.27, "la"))
-        find(QtWidgets.QLabel, "presetInfoLabel").setText(gui_support.preset_summary("la"))
+        budget = budget_choice.budget_for("la", "custom", 60, "minutes", seconds_per_iteration=0.27)
+        find(QtWidgets.QLabel, "budgetEstimateLabel").setText(budget_choice.estimate_text(budget, "cuda", 0.27, "la"))
+        find(QtWidgets.QLabel, "presetInfoLabel").setText(budget_choice.preset_summary("la"))
         info = {"torch": "2.13.0", "torch_cuda": "12.8", "cuda_available": True,
                 "cuda_devices": [{"name": "NVIDIA H100", "memory_gib": 79.6, "precision": "bf16 mixed precision"}]}
-        find(QtWidgets.QLabel, "deviceInfoLabel").setText(gui_support.format_device_info(info))
+        find(QtWidgets.QLabel, "deviceInfoLabel").setText(formatting.format_device_info(info))
         versions = {"torch": "2.13.0", "psutil": "7.2.2"}
         find(QtWidgets.QLabel, "packageInfoLabel").setText(
-            gui_support.package_info_line(versions.__getitem__, "3.12.10", info))
+            install_plan.package_info_line(versions.__getitem__, "3.12.10", info))
         find(QtWidgets.QLineEdit, "outputFolderPathLineEdit").setText("/home/me/ACTIONPlusPlus")
         find(QtWidgets.QLineEdit, "modelPathLineEdit").setText("/home/me/ACTIONPlusPlus/run-20260301-101500/run/model.pt")
         event = {"stage": "finetune", "phase": "finetune", "iteration": 1200, "total": 15000, "overall_iteration": 6200,
                  "overall_total": 20000, "loss": 0.43, "seconds_per_iteration": 0.21, "eta_seconds": 2898}
-        find(QtWidgets.QProgressBar, "progressBar").setValue(int(gui_support.overall_percent(event)))
-        find(QtWidgets.QLabel, "statusLabel").setText(gui_support.format_progress(event))
+        find(QtWidgets.QProgressBar, "progressBar").setValue(int(run_progress.overall_percent(event)))
+        find(QtWidgets.QLabel, "statusLabel").setText(run_progress.format_progress(event))
         find(QtWidgets.QPushButton, "cancelButton").setVisible(True)  # while running, as the widget does:
         for name in ("inputsCollapsibleButton", "trainButton", "budgetComboBox", "deviceComboBox", "outputFolderPathLineEdit",
                      "continueCheckBox", "predictButton", "addAsLabeledButton", "modelPathLineEdit",
                      "predictVolumeSelector", "confidenceCheckBox", "customBudgetSpinBox", "customBudgetUnitComboBox"):
             find(QtWidgets.QWidget, name).setEnabled(False)
-        tracker = gui_support.ProgressTracker()
+        tracker = run_progress.ProgressTracker()
         for event in _sample_run():
             tracker.handle(event)
         chart = QtWidgets.QLabel()  # qMRMLPlotWidget, added by the module into its container, draws this with VTK
@@ -411,7 +425,7 @@ def render_panel(path: Path | None = None, sample: bool = True):
         log = find(QtWidgets.QPlainTextEdit, "logTextEdit")
         log.setPlainText("Worker started on cuda (torch 2.13.0)\nStage 1/2 pre-training (warm-up): 2500 iterations\n"
                          "Checkpoint saved: .../run/checkpoint_pretrain.pt\nStage 2/2 fine-tuning: 15000 iterations\n"
-                         + (gui_support.format_pseudo_labels(tracker.last_progress.get("pseudo_labels")) or ""))
+                         + (run_progress.format_pseudo_labels(tracker.last_progress.get("pseudo_labels")) or ""))
         log.setMaximumHeight(90)
         log.setMinimumHeight(90)
     widget.resize(440, widget.sizeHint().height())

@@ -14,7 +14,8 @@ import psutil
 import pytest
 
 from ACTIONPlusPlusLib.jobs import stop_file_for
-from ACTIONPlusPlusLib.runner import WorkerProcess, find_python
+from ACTIONPlusPlusLib.slicer_bridge.child_process import find_python
+from ACTIONPlusPlusLib.slicer_bridge.runner import WorkerProcess
 
 pytestmark = pytest.mark.skipif(os.name == "nt", reason="POSIX signal semantics")
 
@@ -269,7 +270,7 @@ def test_windows_children_start_without_a_console_window():
     and a new process group, as slicer.util.launchConsoleProcess does."""
     import types
 
-    from ACTIONPlusPlusLib import runner
+    from ACTIONPlusPlusLib.slicer_bridge import child_process
 
     class StartupInfo:
         def __init__(self):
@@ -278,18 +279,18 @@ def test_windows_children_start_without_a_console_window():
 
     windows = types.SimpleNamespace(CREATE_NEW_PROCESS_GROUP=0x200, CREATE_NO_WINDOW=0x08000000,
                                     STARTUPINFO=StartupInfo, STARTF_USESHOWWINDOW=1, SW_HIDE=0)
-    options = runner.popen_options("nt", windows)
+    options = child_process.popen_options("nt", windows)
     assert options["creationflags"] & 0x08000000 and options["creationflags"] & 0x200
     assert options["startupinfo"].dwFlags & 1 and options["startupinfo"].wShowWindow == 0
     assert "start_new_session" not in options
     # the constants are known even where the subprocess module lacks them (this machine)
-    bare = runner.popen_options("nt", types.SimpleNamespace())
-    assert bare["creationflags"] == runner.CREATE_NEW_PROCESS_GROUP | runner.CREATE_NO_WINDOW
-    assert runner.popen_options("posix") == {"start_new_session": True}
+    bare = child_process.popen_options("nt", types.SimpleNamespace())
+    assert bare["creationflags"] == child_process.CREATE_NEW_PROCESS_GROUP | child_process.CREATE_NO_WINDOW
+    assert child_process.popen_options("posix") == {"start_new_session": True}
 
 
 def test_worker_start_uses_the_platform_options(tmp_path, monkeypatch):
-    from ACTIONPlusPlusLib import runner
+    from ACTIONPlusPlusLib.slicer_bridge import runner
 
     seen = {}
     monkeypatch.setattr(runner, "popen_options", lambda: {"start_new_session": True, "close_fds": True})
@@ -308,7 +309,7 @@ def test_worker_start_uses_the_platform_options(tmp_path, monkeypatch):
 
 
 def test_device_probe_asks_a_child_process(tmp_path):
-    from ACTIONPlusPlusLib.runner import DeviceProbe
+    from ACTIONPlusPlusLib.slicer_bridge.device_probe import DeviceProbe
 
     probe = DeviceProbe(python=sys.executable).start()
     info = probe.wait()

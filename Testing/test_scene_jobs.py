@@ -11,10 +11,14 @@ slicer = pytest.importorskip("slicer", reason="slicer-core is not installed (pip
 import slicer.util  # noqa: E402
 import vtk  # noqa: E402
 
-from ACTIONPlusPlusLib import scene as bridge  # noqa: E402
 from ACTIONPlusPlusLib.data.imageio import read_case, write_image, write_label  # noqa: E402
 from ACTIONPlusPlusLib.errors import DataError  # noqa: E402
 from ACTIONPlusPlusLib.jobs import read_job  # noqa: E402
+from ACTIONPlusPlusLib.slicer_bridge.job_folder import write_training_job  # noqa: E402
+from ACTIONPlusPlusLib.slicer_bridge.results import load_predictions  # noqa: E402
+from ACTIONPlusPlusLib.slicer_bridge.samples import add_phantom_sample  # noqa: E402
+from ACTIONPlusPlusLib.slicer_bridge.segmentations import label_from_node  # noqa: E402
+from ACTIONPlusPlusLib.slicer_bridge.volumes import case_from_volume_node, volume_node_from_case  # noqa: E402
 
 SHAPE = (5, 12, 10)
 
@@ -37,8 +41,8 @@ def atrium(shape=SHAPE, shift=0):
 
 
 def segmentation(scene, vol, labels, name):
-    case = bridge.case_from_volume_node(vol)
-    lm = bridge.volume_node_from_case(scene, case, name + "-lm", labelmap=True, array=labels)
+    case = case_from_volume_node(vol)
+    lm = volume_node_from_case(scene, case, name + "-lm", labelmap=True, array=labels)
     seg = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
     seg.SetReferenceImageGeometryParameterFromVolumeNode(vol)
     assert slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(lm, seg)
@@ -59,7 +63,7 @@ def populated():
 
 def test_job_layout_geometry_and_mapping(populated, tmp_path):
     scene, n = populated
-    job_path = bridge.write_training_job(
+    job_path = write_training_job(
         scene, [(n["a"], n["seg_a"]), (n["b"], n["seg_b"])], [n["u1"], n["u2"]], [n["p"]], tmp_path / "job", "la",
         overrides={"finetune_iterations": 7}, device="cpu", seed=5, write_confidence=True,
     )
@@ -74,7 +78,7 @@ def test_job_layout_geometry_and_mapping(populated, tmp_path):
     assert [p.name for p in job.predict_files()] == ["To_predict.nrrd"]
 
     # the files hold the nodes' voxels with the nodes' geometry (SimpleITK reading, as the worker does)
-    ref = bridge.case_from_volume_node(n["a"])
+    ref = case_from_volume_node(n["a"])
     case = read_case(ds / "imagesTr" / "Case_A.nrrd", label_path=ds / "labelsTr" / "Case_A.nrrd")
     assert np.array_equal(case.image, ref.image)
     assert np.array_equal(case.label, atrium())
@@ -106,7 +110,7 @@ def _fake_predictions(job_path, cases_by_id, confidence=True):
 @pytest.mark.parametrize("use_events", [True, False])
 def test_predictions_come_back_on_the_right_volume(populated, tmp_path, use_events):
     scene, n = populated
-    job_path = bridge.write_training_job(
+    job_path = write_training_job(
         scene, [(n["a"], n["seg_a"])], [n["u1"], n["u2"]], [n["p"]], tmp_path / "job", "la"
     )
     job = read_job(job_path)
@@ -121,13 +125,13 @@ def test_predictions_come_back_on_the_right_volume(populated, tmp_path, use_even
         case = read_case(path)
         cases[case_id] = (case, atrium(shift=k))
     events = _fake_predictions(job_path, cases)
-    results = bridge.load_predictions(scene, tmp_path / "job", events if use_events else None)
+    results = load_predictions(scene, tmp_path / "job", events if use_events else None)
     assert len(results) == 3 and all(r.message is None for r in results)
     by_volume = {r.volume_node.GetID(): r for r in results}
     for key, case_id in (("u1", "Unlabeled_1"), ("u2", "Case_A_2"), ("p", "To_predict")):
         result = by_volume[n[key].GetID()]
         assert result.segmentation_node.GetName().startswith("Case A ACTION++" if key == "u2" else n[key].GetName())
-        labels = bridge.label_from_node(result.segmentation_node, n[key], "la")
+        labels = label_from_node(result.segmentation_node, n[key], "la")
         assert np.array_equal(labels, cases[case_id][1])
         assert result.confidence_node is not None
         assert np.allclose(slicer.util.arrayFromVolume(result.confidence_node), 0.75)
@@ -135,11 +139,11 @@ def test_predictions_come_back_on_the_right_volume(populated, tmp_path, use_even
 
 def test_prediction_for_removed_volume_is_skipped(populated, tmp_path):
     scene, n = populated
-    job_path = bridge.write_training_job(scene, [(n["a"], n["seg_a"])], [n["u1"]], [], tmp_path / "job", "la")
+    job_path = write_training_job(scene, [(n["a"], n["seg_a"])], [n["u1"]], [], tmp_path / "job", "la")
     case = read_case(read_job(job_path).dataset_dir / "imagesUnlabeled" / "Unlabeled_1.nrrd")
     events = _fake_predictions(job_path, {"Unlabeled_1": (case, atrium())}, confidence=False)
     scene.RemoveNode(n["u1"])
-    results = bridge.load_predictions(scene, tmp_path / "job", events)
+    results = load_predictions(scene, tmp_path / "job", events)
     assert results[0].segmentation_node is None and "no longer in the scene" in results[0].message
 
 
@@ -147,30 +151,30 @@ def test_job_validation_errors(populated, tmp_path):
     scene, n = populated
     pair = (n["a"], n["seg_a"])
     with pytest.raises(DataError, match="'Case A'.*both labeled and unlabeled"):
-        bridge.write_training_job(scene, [pair], [n["a"]], [], tmp_path / "j1", "la")
+        write_training_job(scene, [pair], [n["a"]], [], tmp_path / "j1", "la")
     with pytest.raises(DataError, match="no labeled case"):
-        bridge.write_training_job(scene, [], [n["u1"]], [], tmp_path / "j2", "la")
+        write_training_job(scene, [], [n["u1"]], [], tmp_path / "j2", "la")
     with pytest.raises(DataError, match="listed twice"):
-        bridge.write_training_job(scene, [pair, pair], [], [], tmp_path / "j3", "la")
+        write_training_job(scene, [pair, pair], [], [], tmp_path / "j3", "la")
     far = volume(scene, "Far", 9, origin=(900.0, 900.0, 900.0))
     with pytest.raises(DataError, match="'Seg A'.*'Far'.*do not overlap"):
-        bridge.write_training_job(scene, [(far, n["seg_a"])], [], [], tmp_path / "j4", "la")
+        write_training_job(scene, [(far, n["seg_a"])], [], [], tmp_path / "j4", "la")
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
     with pytest.raises(DataError, match="not writable"):
-        bridge.write_training_job(scene, [pair], [], [], blocker / "job", "la")
+        write_training_job(scene, [pair], [], [], blocker / "job", "la")
     with pytest.raises(DataError, match="overrides"):
-        bridge.write_training_job(scene, [pair], [], [], tmp_path / "j5", "la", overrides={"no_such_key": 1})
+        write_training_job(scene, [pair], [], [], tmp_path / "j5", "la", overrides={"no_such_key": 1})
     with pytest.raises(DataError, match="none of the ACDC"):
-        bridge.write_training_job(scene, [pair], [], [], tmp_path / "j6", "acdc")
+        write_training_job(scene, [pair], [], [], tmp_path / "j6", "acdc")
     # nothing was written for the failing node checks
     assert not (tmp_path / "j1" / "job.json").exists() and not (tmp_path / "j4" / "dataset").exists()
 
 
 def test_rewriting_a_job_removes_stale_files(populated, tmp_path):
     scene, n = populated
-    bridge.write_training_job(scene, [(n["a"], n["seg_a"])], [n["u1"], n["u2"]], [], tmp_path / "job", "la")
-    job_path = bridge.write_training_job(scene, [(n["a"], n["seg_a"])], [n["u1"]], [], tmp_path / "job", "la")
+    write_training_job(scene, [(n["a"], n["seg_a"])], [n["u1"], n["u2"]], [], tmp_path / "job", "la")
+    job_path = write_training_job(scene, [(n["a"], n["seg_a"])], [n["u1"]], [], tmp_path / "job", "la")
     ds = read_job(job_path).dataset_dir
     assert [p.name for p in (ds / "imagesUnlabeled").iterdir()] == ["Unlabeled_1.nrrd"]
 
@@ -179,7 +183,7 @@ def test_predict_only_job(populated, tmp_path):
     scene, n = populated
     model = tmp_path / "model.pt"
     model.write_bytes(b"placeholder")  # read_job only checks that it exists
-    job_path = bridge.write_training_job(scene, [], [n["u1"]], [n["p"]], tmp_path / "job", "la", mode="predict", model=model)
+    job_path = write_training_job(scene, [], [n["u1"]], [n["p"]], tmp_path / "job", "la", mode="predict", model=model)
     job = read_job(job_path)
     assert job.mode == "predict" and job.dataset_dir is None and job.model == model
     assert sorted(p.name for p in job.predict_files()) == ["To_predict.nrrd", "Unlabeled_1.nrrd"]
@@ -187,25 +191,25 @@ def test_predict_only_job(populated, tmp_path):
 
 def test_volume_both_unlabeled_and_predicted_is_written_once(populated, tmp_path):
     scene, n = populated
-    job_path = bridge.write_training_job(scene, [(n["a"], n["seg_a"])], [n["u1"]], [n["u1"], n["p"], n["p"]],
-                                         tmp_path / "job", "la")
+    job_path = write_training_job(scene, [(n["a"], n["seg_a"])], [n["u1"]], [n["u1"], n["p"], n["p"]],
+                                  tmp_path / "job", "la")
     job = read_job(job_path)
     assert [p.name for p in job.predict_files()] == ["To_predict.nrrd"] and job.predict_unlabeled
-    job_path = bridge.write_training_job(scene, [(n["a"], n["seg_a"])], [n["u1"]], [n["u1"]], tmp_path / "job2", "la",
-                                         predict_unlabeled=False)
+    job_path = write_training_job(scene, [(n["a"], n["seg_a"])], [n["u1"]], [n["u1"]], tmp_path / "job2", "la",
+                                  predict_unlabeled=False)
     job = read_job(job_path)
     assert [p.name for p in job.predict_files()] == ["Unlabeled_1_2.nrrd"] and not job.predict_unlabeled
 
 
 def test_volume_renamed_during_training_keeps_its_prediction(populated, tmp_path):
     scene, n = populated
-    job_path = bridge.write_training_job(scene, [(n["a"], n["seg_a"])], [n["u1"]], [], tmp_path / "job", "la")
+    job_path = write_training_job(scene, [(n["a"], n["seg_a"])], [n["u1"]], [], tmp_path / "job", "la")
     case = read_case(read_job(job_path).dataset_dir / "imagesUnlabeled" / "Unlabeled_1.nrrd")
     events = _fake_predictions(job_path, {"Unlabeled_1": (case, atrium())}, confidence=False)
     n["u1"].SetName("Renamed while training")
     decoy = volume(scene, "Unlabeled 1", 9)  # a new node that took the old name: not the source
     for use_events in (events, None):
-        result, = bridge.load_predictions(scene, tmp_path / "job", use_events)
+        result, = load_predictions(scene, tmp_path / "job", use_events)
         assert result.message is None and result.volume_node is n["u1"] and result.volume_node is not decoy
         assert result.segmentation_node.GetName().startswith("Renamed while training ACTION++")
 
@@ -213,21 +217,21 @@ def test_volume_renamed_during_training_keeps_its_prediction(populated, tmp_path
 def test_writing_a_job_reports_progress_per_volume(populated, tmp_path):
     scene, n = populated
     calls = []
-    bridge.write_training_job(scene, [(n["a"], n["seg_a"]), (n["b"], n["seg_b"])], [n["u1"]], [n["p"]],
-                              tmp_path / "job", "la", progress=lambda done, total, name: calls.append((done, total, name)))
+    write_training_job(scene, [(n["a"], n["seg_a"]), (n["b"], n["seg_b"])], [n["u1"]], [n["p"]],
+                       tmp_path / "job", "la", progress=lambda done, total, name: calls.append((done, total, name)))
     assert calls == [(0, 4, "Case A"), (1, 4, "Case B"), (2, 4, "Unlabeled 1"), (3, 4, "To predict"), (4, 4, "")]
 
 
 @pytest.mark.parametrize("preset,classes", [("acdc", {1, 2, 3}), ("la", {1})])
 def test_phantom_sample_data_is_a_ready_training_set(preset, classes, tmp_path):
     scene = slicer.vtkMRMLScene()
-    pairs, unlabeled = bridge.add_phantom_sample(scene, preset, num_labeled=2, num_unlabeled=1, seed=1)
+    pairs, unlabeled = add_phantom_sample(scene, preset, num_labeled=2, num_unlabeled=1, seed=1)
     assert len(pairs) == 2 and len(unlabeled) == 1
     names = [v.GetName() for v, _s in pairs] + [v.GetName() for v in unlabeled]
     assert names == [f"ACTION++ {preset.upper()} phantom {i}" for i in (1, 2, 3)]
     for volume_node, segmentation_node in pairs:
-        labels = bridge.label_from_node(segmentation_node, volume_node, preset)
+        labels = label_from_node(segmentation_node, volume_node, preset)
         assert set(np.unique(labels)) - {0} == classes  # every class present, by name
     # the sample is directly a valid training job
-    job_path = bridge.write_training_job(scene, pairs, unlabeled, [], tmp_path / "job", preset)
+    job_path = write_training_job(scene, pairs, unlabeled, [], tmp_path / "job", preset)
     assert read_job(job_path).dataset_dir.is_dir()

@@ -24,10 +24,14 @@ if not hasattr(_training, "train"):
 slicer = pytest.importorskip("slicer", reason="slicer-core is not installed (pip install slicer-core==5.11.0.6)")
 import slicer.util  # noqa: E402
 
-from ACTIONPlusPlusLib import scene as bridge  # noqa: E402
+import ACTIONPlusPlusLib  # noqa: E402
 from ACTIONPlusPlusLib.data.phantoms import cardiac_phantom_case  # noqa: E402
 from ACTIONPlusPlusLib.jobs import read_job, write_job  # noqa: E402
-from ACTIONPlusPlusLib.runner import WorkerProcess  # noqa: E402
+from ACTIONPlusPlusLib.slicer_bridge.job_folder import write_training_job  # noqa: E402
+from ACTIONPlusPlusLib.slicer_bridge.results import load_predictions  # noqa: E402
+from ACTIONPlusPlusLib.slicer_bridge.runner import WorkerProcess  # noqa: E402
+from ACTIONPlusPlusLib.slicer_bridge.segmentations import preset_color_table  # noqa: E402
+from ACTIONPlusPlusLib.slicer_bridge.volumes import volume_node_from_case  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(os.name == "nt", reason="POSIX signals")]
 
@@ -53,10 +57,10 @@ NAMES = [{1: "RV", 2: "Myo", 3: "LV"}, {3: "left ventricle", 1: "right ventricle
 def _add_case(scene, rng, name, labeled):
     case = cardiac_phantom_case(rng, name, num_slices=3, size=(48, 48), with_label=True)
     case.direction, case.origin, case.spacing = DIRECTION_LPS, (10.0, -20.0, 5.0), (1.4, 1.6, 9.0)
-    volume = bridge.volume_node_from_case(scene, case, name)
+    volume = volume_node_from_case(scene, case, name)
     if not labeled:
         return volume, None, case
-    lm = bridge.volume_node_from_case(scene, case, name + " lm", labelmap=True, array=case.label)
+    lm = volume_node_from_case(scene, case, name + " lm", labelmap=True, array=case.label)
     seg = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name + " segmentation")
     seg.SetReferenceImageGeometryParameterFromVolumeNode(volume)
     assert slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(lm, seg)
@@ -89,7 +93,7 @@ def trained(tmp_path_factory):
     labeled = [_add_case(scene, rng, f"Lab{i}", True) for i in range(2)]
     unlabeled = [_add_case(scene, rng, f"Unl{i}", False) for i in range(2)]
     extra = _add_case(scene, rng, "Extra", False)
-    job_path = bridge.write_training_job(
+    job_path = write_training_job(
         scene, [(v, s) for v, s, _ in labeled], [v for v, _, _ in unlabeled], [extra[0]], root / "job", "acdc",
         overrides=TRAINED, device="cpu", seed=3, write_confidence=True,
     )
@@ -123,7 +127,7 @@ def test_protocol_progress_and_done(trained):
 
 def test_predictions_back_in_scene_with_geometry(trained):
     scene = trained["scene"]
-    results = bridge.load_predictions(scene, trained["job"].parent, trained["events"])
+    results = load_predictions(scene, trained["job"].parent, trained["events"])
     assert len(results) == 3 and all(r.message is None for r in results), [r.message for r in results]
     targets = {v.GetID() for v, _, _ in trained["unlabeled"]} | {trained["extra"][0].GetID()}
     assert {r.volume_node.GetID() for r in results} == targets
@@ -168,20 +172,20 @@ def _export_all(seg, vol):
     out = scratch.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
     ids = [seg.GetSegmentation().GetNthSegmentID(i) for i in range(seg.GetSegmentation().GetNumberOfSegments())]
     assert slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(
-        seg, ids, out, vol, 0, bridge._preset_color_table(scratch, "acdc"))
+        seg, ids, out, vol, 0, preset_color_table(scratch, "acdc"))
     return slicer.util.arrayFromVolume(out).astype(np.uint8)
 
 
 def test_predict_only_job_reuses_model(trained, tmp_path):
     scene = trained["scene"]
     model = trained["events"][-1]["model"]
-    job_path = bridge.write_training_job(scene, [], [], [trained["extra"][0]], tmp_path / "job", "acdc",
-                                         mode="predict", model=model, device="cpu")
+    job_path = write_training_job(scene, [], [], [trained["extra"][0]], tmp_path / "job", "acdc",
+                                  mode="predict", model=model, device="cpu")
     worker, events = _run(job_path)
     kinds = [e["event"] for e in events]
     assert kinds[0] == "start" and kinds[-1] == "done" and "progress" not in kinds, kinds
     assert events[-1]["model"] == model
-    results = bridge.load_predictions(scene, tmp_path / "job", events)
+    results = load_predictions(scene, tmp_path / "job", events)
     assert len(results) == 1 and results[0].segmentation_node is not None
     assert results[0].segmentation_node.GetName().startswith("Extra ACTION++")
     assert results[0].volume_node is trained["extra"][0] or results[0].volume_node.GetID() == trained["extra"][0].GetID()
@@ -192,9 +196,9 @@ def test_continue_job_warm_starts(trained, tmp_path):
     model = trained["events"][-1]["model"]
     pairs = [(v, s) for v, s, _ in trained["labeled"]]
     quick = TINY | dict(pretrain_warmup_iterations=0, pretrain_joint_iterations=0, finetune_iterations=2)
-    job_path = bridge.write_training_job(scene, pairs, [v for v, _, _ in trained["unlabeled"]], [], tmp_path / "job",
-                                         "acdc", mode="continue", model=model, overrides=quick, device="cpu",
-                                         predict_unlabeled=False)
+    job_path = write_training_job(scene, pairs, [v for v, _, _ in trained["unlabeled"]], [], tmp_path / "job",
+                                  "acdc", mode="continue", model=model, overrides=quick, device="cpu",
+                                  predict_unlabeled=False)
     worker, events = _run(job_path)
     assert events[-1]["event"] == "done", events[-3:]
     progress = [e for e in events if e["event"] == "progress"]
@@ -206,8 +210,8 @@ def test_sigterm_then_resume(trained, tmp_path):
     scene = trained["scene"]
     pairs = [(v, s) for v, s, _ in trained["labeled"]]
     longer = TINY | dict(finetune_iterations=10, checkpoint_every=50)
-    job_path = bridge.write_training_job(scene, pairs, [v for v, _, _ in trained["unlabeled"]], [], tmp_path / "job",
-                                         "acdc", overrides=longer, device="cpu", seed=4)
+    job_path = write_training_job(scene, pairs, [v for v, _, _ in trained["unlabeled"]], [], tmp_path / "job",
+                                  "acdc", overrides=longer, device="cpu", seed=4)
 
     def cancel_early(worker, event):
         if event["event"] == "progress" and not worker.cancel_requested:  # at once: robust on fast machines
@@ -268,7 +272,7 @@ def test_worker_runs_by_file_path_from_any_folder(trained, tmp_path):
     """As Slicer's PythonSlicer would: by file path, another cwd, no PYTHONPATH set by us."""
     import subprocess
 
-    worker_py = Path(bridge.__file__).with_name("worker.py")
+    worker_py = Path(ACTIONPlusPlusLib.__file__).with_name("worker.py")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     out = subprocess.run([sys.executable, str(worker_py), str(tmp_path / "absent.json")], cwd=tmp_path, env=env,
                          capture_output=True, text=True, timeout=120)

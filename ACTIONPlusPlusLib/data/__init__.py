@@ -4,7 +4,7 @@ validation before training, SimpleITK I/O keeping geometry, and synthetic phanto
 from .benchmarks import acdc_patient, acdc_split_names, load_acdc, load_la
 from .generic import load_generic
 from .imageio import IMAGE_SUFFIXES, read_case, split_suffix, to_sitk, write_image, write_label
-from .layout import LAYOUTS, SPLITS, Dataset, detect_layout, load_dataset
+from .layout import LAYOUTS, SPLITS, detect_layout, load_dataset
 from .phantoms import (
     atrium_phantom_case,
     atrium_phantom_dataset,
@@ -12,7 +12,7 @@ from .phantoms import (
     cardiac_phantom_dataset,
     write_generic_layout,
 )
-from .types import Case, from_network_order, normalize, to_network_order
+from .types import Case, Dataset, from_network_order, normalize, to_network_order
 from .validation import validate_labeled_count, validate_training_cases
 
 __all__ = [

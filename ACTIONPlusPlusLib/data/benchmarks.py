@@ -25,10 +25,11 @@ from typing import Iterable
 import numpy as np
 
 from ..errors import DataError
-from .layout import LA_FILE, LA_FOLDER, Dataset
-from .types import Case
+from .types import Case, Dataset
 from .validation import validate_labeled_count
 
+LA_FOLDER = "2018LA_Seg_Training Set"
+LA_FILE = "mri_norm2.h5"
 _MAX_NAMED = 5
 _FRAME = re.compile(r"^(.+?)_frame\d+")
 _SLICE = re.compile(r"^(.+?)_slice_\d+$")

@@ -21,8 +21,7 @@ from typing import Iterable
 
 from ..errors import DataError
 from .imageio import IMAGE_SUFFIXES, read_case, split_suffix
-from .layout import Dataset
-from .types import Case, normalize
+from .types import Case, Dataset, normalize
 from .validation import validate_labeled_count
 
 _MAX_NAMED = 5

@@ -12,18 +12,17 @@ Three layouts are recognised:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
 from ..config import Config, preset as make_preset
 from ..errors import DataError
-from .types import Case
+from .benchmarks import LA_FILE, LA_FOLDER, load_acdc, load_la
+from .generic import load_generic
+from .types import Dataset
 
 LAYOUTS = ("acdc", "la", "generic")
 SPLITS = ("train", "val", "test")
-LA_FOLDER = "2018LA_Seg_Training Set"
-LA_FILE = "mri_norm2.h5"
 
 _EXPECTED = (
     "expected one of: an ACDC (SSL4MIS) folder with train_slices.list/train.list/val.list/test.list and "
@@ -31,33 +30,6 @@ _EXPECTED = (
     f"'{LA_FOLDER}/<id>/{LA_FILE}'; or a generic folder with imagesTr/ + labelsTr/ "
     "(optional imagesUnlabeled/, imagesTs/ + labelsTs/) holding .nii/.nii.gz/.nrrd/.seg.nrrd/.mha files"
 )
-
-
-@dataclass
-class Dataset:
-    """Cases of one dataset folder, split the way a command needs them.
-
-    ``labeled`` / ``unlabeled`` form the training set (unlabeled cases carry ``label=None`` even when the
-    source has labels, so that no code path can use them by accident); ``val`` / ``test`` are labeled
-    evaluation cases.  Splits that were not requested from :func:`load_dataset` are empty.  ``notes``
-    records anything skipped or assumed (ids listed but absent, ...) for logs and the GUI.
-    ``root`` is None for in-memory (phantom) datasets.
-    """
-
-    layout: str
-    labeled: list[Case] = field(default_factory=list)
-    unlabeled: list[Case] = field(default_factory=list)
-    val: list[Case] = field(default_factory=list)
-    test: list[Case] = field(default_factory=list)
-    root: Path | None = None
-    notes: list[str] = field(default_factory=list)
-
-    def summary(self) -> str:
-        """One line for logs: layout and the size of every split."""
-        return (
-            f"{self.layout} dataset at {self.root}: {len(self.labeled)} labeled, {len(self.unlabeled)} "
-            f"unlabeled, {len(self.val)} val, {len(self.test)} test"
-        )
 
 
 def _listing(root: Path, limit: int = 12) -> str:
@@ -159,13 +131,7 @@ def load_dataset(
     if labeled is not None and labeled < 0:
         raise DataError(f"the number of labeled cases must be >= 0, got {labeled}")
     if kind == "acdc":
-        from .benchmarks import load_acdc
-
         return load_acdc(root, labeled, wanted)
     if kind == "la":
-        from .benchmarks import load_la
-
         return load_la(root, labeled, wanted)
-    from .generic import load_generic
-
     return load_generic(root, labeled, wanted, cfg.normalization)

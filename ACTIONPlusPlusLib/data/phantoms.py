@@ -19,8 +19,7 @@ import numpy as np
 from scipy import ndimage
 
 from .imageio import write_image, write_label
-from .layout import Dataset
-from .types import Case, normalize
+from .types import Case, Dataset, normalize
 
 
 def _bias_field(rng: np.random.Generator, shape: tuple[int, ...], strength: float) -> np.ndarray:

@@ -1,8 +1,14 @@
-"""The in-memory case every loader returns, and the array-order conventions (docs/ARCHITECTURE.md)."""
+"""The in-memory types every loader returns (a :class:`Case`, a :class:`Dataset` of cases) and the
+array-order conventions (docs/ARCHITECTURE.md).
+
+``Dataset`` lives here rather than beside :func:`~.layout.load_dataset` so that the loaders
+(``benchmarks``, ``generic``, ``phantoms``) and the dispatcher (``layout``) import it without importing
+each other in a cycle.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -55,3 +61,30 @@ def normalize(image: np.ndarray, mode: str) -> np.ndarray:
         std = float(image.std())
         return ((image - image.mean()) / std).astype(np.float32) if std > 0 else image - image.mean()
     raise ValueError(f"unknown normalization {mode!r}")
+
+
+@dataclass
+class Dataset:
+    """Cases of one dataset folder, split the way a command needs them.
+
+    ``labeled`` / ``unlabeled`` form the training set (unlabeled cases carry ``label=None`` even when the
+    source has labels, so that no code path can use them by accident); ``val`` / ``test`` are labeled
+    evaluation cases.  Splits that were not requested from :func:`.layout.load_dataset` are empty.  ``notes``
+    records anything skipped or assumed (ids listed but absent, ...) for logs and the GUI.
+    ``root`` is None for in-memory (phantom) datasets.
+    """
+
+    layout: str
+    labeled: list[Case] = field(default_factory=list)
+    unlabeled: list[Case] = field(default_factory=list)
+    val: list[Case] = field(default_factory=list)
+    test: list[Case] = field(default_factory=list)
+    root: Path | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        """One line for logs: layout and the size of every split."""
+        return (
+            f"{self.layout} dataset at {self.root}: {len(self.labeled)} labeled, {len(self.unlabeled)} "
+            f"unlabeled, {len(self.val)} val, {len(self.test)} test"
+        )

@@ -32,23 +32,44 @@ student and teacher to SyncBatchNorm, which normalises with the statistics of th
 from __future__ import annotations
 
 import inspect
-from typing import TYPE_CHECKING
+from typing import Any, Callable, Protocol
 
 import torch
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from .. import distributed as dist_utils
+from ..config import Config
+from .events import ProgressTracker
+from .finetune import FinetuneHeads
+from .pretrain import ISDHeads
 
-if TYPE_CHECKING:
-    from .loop import Trainer
+
+class DistributedTrainer(Protocol):
+    """What :func:`wrap_for_ddp` reads and sets on a :class:`~.loop.Trainer`.
+
+    A protocol rather than an import of ``Trainer``: the loop imports this module, so this module must
+    not import the loop (no import cycle).
+    """
+
+    cfg: Config
+    device: torch.device
+    tracker: ProgressTracker
+    student: nn.Module
+    teacher: nn.Module
+    isd: ISDHeads
+    ft: FinetuneHeads
+    train_student: Any
+    sync_gradients: Callable[[], None] | None
+    sync_buffers: Callable[[], None] | None
 
 
-def trained_head_parameters(trainer: "Trainer") -> list[torch.nn.Parameter]:
+def trained_head_parameters(trainer: DistributedTrainer) -> list[torch.nn.Parameter]:
     """Every parameter the optimisers train besides the student network."""
     return list(trainer.isd.student_parameters()) + list(trainer.ft.q_rep.parameters())
 
 
-def wrap_for_ddp(trainer: "Trainer") -> DistributedDataParallel:
+def wrap_for_ddp(trainer: DistributedTrainer) -> DistributedDataParallel:
     """Wrap ``trainer.student`` in DDP and install the gradient/buffer synchronisation hooks."""
     if not dist_utils.is_distributed():
         raise RuntimeError("wrap_for_ddp needs an initialised torch.distributed process group")

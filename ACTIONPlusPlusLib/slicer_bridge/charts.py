@@ -1,7 +1,7 @@
 """The live training chart in the scene: a table node fed from the progress events, and plot charts.
 
-Scene-bridge layer (MRML only, no Qt), like ``scene.py``.  The panel folds every progress event into a
-:class:`gui_support.LossHistory` and calls :func:`update_training_chart` from its polling timer; the
+Scene-bridge layer (MRML only, no Qt).  The panel folds every progress event into a
+:class:`.panel.run_progress.LossHistory` and calls :func:`update_training_chart` from its polling timer; the
 same function runs here against slicer-core in the tests.
 
 Nodes: one ``vtkMRMLTableNode`` per run (``iteration``, ``loss``, each named loss, the pseudo-label
@@ -21,7 +21,7 @@ import vtk
 import slicer
 
 from . import terminology
-from .gui_support import LossHistory
+from .panel.run_progress import LossHistory
 
 CHART_ATTRIBUTE = "ACTIONPlusPlus.TrainingChart"  # value: the run's name
 

@@ -1,6 +1,6 @@
 """Segment names, synonyms, colours and SNOMED CT codes of each preset's classes.
 
-Shared by the scene bridge (``scene.py``) and the GUI; imports nothing from Slicer.  Colours and codes
+Shared by the scene bridge and the GUI; imports nothing from Slicer.  Colours and codes
 follow ``shared/spec/SLICER.md``.  A segment is matched to a class BY NAME (case-insensitive, with the
 usual synonyms, ignoring ``_``/``-``/extra spaces) or, failing that, by the SNOMED code of its
 terminology entry; never by its position in the segmentation.

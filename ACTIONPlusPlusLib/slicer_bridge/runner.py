@@ -15,10 +15,8 @@ from __future__ import annotations
 import json
 import os
 import queue
-import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections import deque
@@ -27,146 +25,12 @@ from typing import Any, Iterator, Sequence
 
 import psutil
 
-from .jobs import stop_file_for
+from ..jobs import stop_file_for
+from .child_process import LIB_DIR, child_environment, find_python, popen_options
 
-PACKAGE_DIR = Path(__file__).resolve().parent
-WORKER_SCRIPT = PACKAGE_DIR / "worker.py"
+WORKER_SCRIPT = LIB_DIR / "worker.py"  # run by file path: the child does not inherit Slicer's module paths
 TERMINAL_EVENTS = ("done", "error", "cancelled")
 EXIT_OK, EXIT_UNEXPECTED, EXIT_BAD_INPUT, EXIT_TRAINING, EXIT_CANCELLED = 0, 1, 2, 3, 4
-
-
-def find_python() -> str:
-    """The interpreter for the worker: ``PythonSlicer`` inside Slicer, else this interpreter.
-
-    Inside the Slicer application ``sys.executable`` is the application itself, not a Python, and the
-    child needs Slicer's Python environment: PythonSlicer sets it up.
-    """
-    slicer_module = sys.modules.get("slicer")
-    if slicer_module is not None and getattr(slicer_module, "app", None) is not None:
-        names = ["PythonSlicer.exe", "PythonSlicer"] if os.name == "nt" else ["PythonSlicer"]
-        for folder in (Path(sys.executable).parent, Path(sys.executable).parent.parent / "bin"):
-            for name in names:
-                if (folder / name).is_file():
-                    return str(folder / name)
-        found = shutil.which("PythonSlicer")
-        if found:
-            return found
-    return sys.executable
-
-
-# Windows process-creation constants (defined here too: the subprocess module has them only on Windows)
-CREATE_NEW_PROCESS_GROUP = 0x00000200
-CREATE_NO_WINDOW = 0x08000000
-STARTF_USESHOWWINDOW = 0x00000001
-SW_HIDE = 0
-
-
-def popen_options(os_name: str | None = None, subprocess_module: Any = subprocess) -> dict[str, Any]:
-    """Keyword arguments for ``subprocess.Popen`` that start a background child on this platform.
-
-    Windows: no console window (``CREATE_NO_WINDOW`` and a hidden ``STARTUPINFO``, as
-    ``slicer.util.launchConsoleProcess`` does; a visible console would kill training when closed) and a
-    new process group (Ctrl+C in Slicer's console does not reach the child).  POSIX: a new session, for
-    the same reason.  ``os_name`` and ``subprocess_module`` are parameters so that tests can ask for
-    another platform's options.
-    """
-    os_name = os.name if os_name is None else os_name
-    if os_name != "nt":
-        return {"start_new_session": True}
-    flags = getattr(subprocess_module, "CREATE_NEW_PROCESS_GROUP", CREATE_NEW_PROCESS_GROUP)
-    flags |= getattr(subprocess_module, "CREATE_NO_WINDOW", CREATE_NO_WINDOW)
-    options: dict[str, Any] = {"creationflags": flags}
-    startupinfo_class = getattr(subprocess_module, "STARTUPINFO", None)
-    if startupinfo_class is not None:
-        info = startupinfo_class()
-        info.dwFlags |= getattr(subprocess_module, "STARTF_USESHOWWINDOW", STARTF_USESHOWWINDOW)
-        info.wShowWindow = getattr(subprocess_module, "SW_HIDE", SW_HIDE)
-        options["startupinfo"] = info
-    return options
-
-
-def child_environment(extra: dict[str, str] | None = None, force_cpu: bool = False,
-                      base: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment of a worker or probe child: the Lib importable, unbuffered UTF-8 output, and
-    ``PYTORCH_ENABLE_MPS_FALLBACK=1`` so that an operation Apple's MPS lacks runs on the CPU."""
-    env = dict(os.environ if base is None else base)
-    env.update(extra or {})
-    env["PYTHONUNBUFFERED"] = "1"
-    env["PYTHONIOENCODING"] = "utf-8"
-    env.setdefault("PYTORCH_ENABLE_MPS_FALLBACK", "1")
-    parent = str(PACKAGE_DIR.parent)  # so the child imports ACTIONPlusPlusLib from any interpreter
-    paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-    if parent not in paths:
-        env["PYTHONPATH"] = os.pathsep.join([parent, *paths])
-    if force_cpu:
-        env["CUDA_VISIBLE_DEVICES"] = "-1"
-    return env
-
-
-class DeviceProbe:
-    """Asks a short-lived child process what torch sees, so that torch is never imported into Slicer.
-
-    ``start()`` returns at once; :meth:`poll` returns None while the child runs, then its result: the
-    dict of ``device.describe_devices()`` or ``{"error": message}``.  :meth:`wait` blocks (tests, batch).
-    """
-
-    CODE = "import json, sys; from ACTIONPlusPlusLib.device import describe_devices; print(json.dumps(describe_devices()))"
-
-    def __init__(self, python: str | None = None, timeout: float = 120.0) -> None:
-        self.python = python or find_python()
-        self.timeout = timeout
-        self._process: subprocess.Popen[str] | None = None
-        self._start_time = 0.0
-        self.result: dict[str, Any] | None = None
-
-    @property
-    def command(self) -> list[str]:
-        return [self.python, "-c", self.CODE]
-
-    def start(self) -> "DeviceProbe":
-        self._start_time = time.monotonic()
-        try:
-            self._process = subprocess.Popen(self.command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                             stderr=subprocess.PIPE, text=True, env=child_environment(),
-                                             **popen_options())
-        except OSError as exc:
-            self.result = {"error": f"cannot start {self.python}: {exc}"}
-        return self
-
-    @property
-    def running(self) -> bool:
-        return self._process is not None and self.result is None
-
-    def poll(self) -> dict[str, Any] | None:
-        if self.result is not None or self._process is None:
-            return self.result
-        if self._process.poll() is None:
-            if time.monotonic() - self._start_time > self.timeout:
-                self._process.kill()
-                self._process.communicate()
-                self.result = {"error": f"the device query did not answer within {self.timeout:.0f} s"}
-            return self.result
-        out, err = self._process.communicate()
-        self.result = self._parse(self._process.returncode, out, err)
-        return self.result
-
-    @staticmethod
-    def _parse(code: int, out: str, err: str) -> dict[str, Any]:
-        for line in reversed((out or "").splitlines()):
-            if line.strip().startswith("{"):
-                try:
-                    value = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                if isinstance(value, dict):
-                    return value
-        tail = " ".join((err or "").strip().splitlines()[-3:])
-        return {"error": f"the device query failed (exit code {code}){': ' + tail if tail else ''}"}
-
-    def wait(self) -> dict[str, Any]:
-        while self.poll() is None:
-            time.sleep(0.05)
-        return self.result  # type: ignore[return-value]
 
 
 def _alive(proc: psutil.Process) -> bool:

@@ -1,0 +1,225 @@
+"""Scene -> job folder: the selected nodes as a generic dataset, ``job.json`` and ``nodes.json``.
+
+``nodes.json`` records which file came from which node (ID and name), so that :mod:`.results` puts each
+prediction back on the right volume.  Every Case is built before any file is written (a bad node fails
+first), and the job is validated with the reader the worker uses.  Nothing in the scene is modified.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+from ..errors import DataError
+from ..jobs import TrainingJob, write_job
+from . import terminology
+from .geometry import node_label
+from .segmentations import labeled_case_from_nodes
+from .volumes import case_from_volume_node, safe_id
+
+NODES_FILE = "nodes.json"
+DATASET_FOLDER = "dataset"
+PREDICT_FOLDER = "predict"
+RUN_FOLDER = "run"
+
+
+@dataclass
+class _Entry:
+    role: str
+    case_id: str
+    image: str
+    volume_node_id: str
+    volume_node_name: str
+    label: str | None = None
+    label_node_id: str | None = None
+    label_node_name: str | None = None
+
+
+def _previous_files(job_dir: Path) -> list[Path]:
+    mapping = job_dir / NODES_FILE
+    if not mapping.is_file():
+        return []
+    try:
+        data = json.loads(mapping.read_text())
+        out = []
+        for entry in data.get("entries", []):
+            for key in ("image", "label"):
+                if entry.get(key):
+                    out.append(job_dir / entry[key])
+        return out
+    except (OSError, ValueError, AttributeError):
+        return []
+
+
+def write_training_job(
+    scene: Any,
+    labeled_pairs: Sequence[tuple[Any, Any]],
+    unlabeled_volume_nodes: Iterable[Any],
+    predict_volume_nodes: Iterable[Any],
+    job_dir: str | Path,
+    preset: str,
+    *,
+    mode: str = "train",
+    output_dir: str | Path | None = None,
+    model: str | Path | None = None,
+    resume: bool = False,
+    overrides: dict[str, Any] | None = None,
+    device: str = "auto",
+    seed: int = 1337,
+    write_confidence: bool = False,
+    predict_unlabeled: bool = True,
+    file_suffix: str = ".nrrd",
+    overwrite: bool = False,
+    progress: Callable[[int, int, str], None] | None = None,
+) -> Path:
+    """Export nodes as a generic dataset + job.json + nodes.json in ``job_dir``; return job.json's path.
+
+    Layout: ``dataset/imagesTr/<id><suffix>`` with ``dataset/labelsTr/<id><suffix>`` (same file names),
+    ``dataset/imagesUnlabeled/``, ``predict/`` for the extra volumes to predict, output in ``run/``
+    unless ``output_dir`` is given.  ``nodes.json`` records which file came from which node (ID and
+    name) so :func:`load_predictions` puts each result on the right volume.  Files are written with
+    SimpleITK (geometry kept, atomic renames).  Nothing in the scene is modified.
+
+    ``predict_unlabeled`` (default True): the worker also predicts every unlabeled volume after training.
+    A volume listed both as unlabeled and for prediction is written (and predicted) once; a labeled
+    volume may also be listed for prediction.
+
+    ``progress(done, total, name)`` is called before each volume is written (the panel shows it and
+    keeps its window responsive between files).
+
+    DataError: no labeled pair (train/continue), a volume listed twice, an unlabeled volume that is
+    also labeled, a pair whose extents do not overlap (naming both nodes), a label without the
+    preset's classes, 2D/4D volumes, a job folder that is not writable.
+    """
+    from ..data.imageio import write_image, write_label
+    from ..io_utils import atomic_write_text, check_writable_dir
+
+    preset = preset.lower()
+    terminology.classes(preset)
+    if file_suffix not in (".nrrd", ".nii.gz", ".nii", ".mha"):
+        raise DataError(f"unsupported file suffix {file_suffix!r}; use .nrrd or .nii.gz")
+    labeled_pairs = list(labeled_pairs)
+    unlabeled = [n for n in unlabeled_volume_nodes if n is not None]
+    predict = []
+    for node in predict_volume_nodes:
+        if node is None or any(node.GetID() == p.GetID() for p in predict):
+            continue
+        if predict_unlabeled and any(node.GetID() == u.GetID() for u in unlabeled):
+            continue  # predicted as an unlabeled volume anyway
+        predict.append(node)
+    if mode in ("train", "continue") and not labeled_pairs:
+        raise DataError("no labeled case: add at least one (volume, segmentation) pair")
+    if mode == "predict" and not predict and not unlabeled:
+        raise DataError("nothing to predict: pick at least one volume")
+
+    labeled_ids: dict[str, Any] = {}
+    for volume, label in labeled_pairs:
+        if volume is None or label is None:
+            raise DataError("a labeled pair is missing its volume or its segmentation")
+        if volume.GetID() in labeled_ids:
+            raise DataError(f"volume {node_label(volume)} is listed twice as a labeled case")
+        labeled_ids[volume.GetID()] = volume
+    seen_unlabeled: set[str] = set()
+    for volume in unlabeled:
+        if volume.GetID() in labeled_ids:
+            raise DataError(
+                f"volume {node_label(volume)} is both labeled and unlabeled; remove it from the unlabeled list"
+            )
+        if volume.GetID() in seen_unlabeled:
+            raise DataError(f"volume {node_label(volume)} is listed twice as unlabeled")
+        seen_unlabeled.add(volume.GetID())
+
+    job_dir = Path(job_dir)
+    try:
+        check_writable_dir(job_dir)
+    except PermissionError as exc:
+        raise DataError(str(exc)) from exc
+    allow_single = preset == "acdc"
+
+    # build every Case first: a bad node fails before any file is written
+    used: set[str] = set()
+
+    def unique_id(node: Any) -> str:
+        base = safe_id(node.GetName())
+        candidate, n = base, 1
+        while candidate.lower() in used:
+            n += 1
+            candidate = f"{base}_{n}"
+        used.add(candidate.lower())
+        return candidate
+
+    labeled_cases = [(labeled_case_from_nodes(v, l, preset, unique_id(v)), v, l) for v, l in labeled_pairs]
+    unlabeled_cases = [(case_from_volume_node(v, unique_id(v), allow_single_slice=allow_single), v) for v in unlabeled]
+    predict_cases = [(case_from_volume_node(v, unique_id(v), allow_single_slice=allow_single), v) for v in predict]
+
+    for stale in _previous_files(job_dir):
+        stale.unlink(missing_ok=True)
+    dataset = job_dir / DATASET_FOLDER
+    entries: list[_Entry] = []
+    total_files = len(labeled_cases) + len(unlabeled_cases) + len(predict_cases)
+
+    def report(node: Any) -> None:
+        if progress is not None:
+            progress(len(entries), total_files, node.GetName())
+
+    try:
+        for case, volume, label in labeled_cases:
+            report(volume)
+            image_rel = f"{DATASET_FOLDER}/imagesTr/{case.id}{file_suffix}"
+            label_rel = f"{DATASET_FOLDER}/labelsTr/{case.id}{file_suffix}"
+            write_image(job_dir / image_rel, case.image, case)
+            write_label(job_dir / label_rel, case.label, case)
+            entries.append(_Entry("labeled", case.id, image_rel, volume.GetID(), volume.GetName(),
+                                  label_rel, label.GetID(), label.GetName()))
+        for case, volume in unlabeled_cases:
+            report(volume)
+            image_rel = f"{DATASET_FOLDER}/imagesUnlabeled/{case.id}{file_suffix}"
+            write_image(job_dir / image_rel, case.image, case)
+            entries.append(_Entry("unlabeled", case.id, image_rel, volume.GetID(), volume.GetName()))
+        for case, volume in predict_cases:
+            report(volume)
+            image_rel = f"{PREDICT_FOLDER}/{case.id}{file_suffix}"
+            write_image(job_dir / image_rel, case.image, case)
+            entries.append(_Entry("predict", case.id, image_rel, volume.GetID(), volume.GetName()))
+    except OSError as exc:
+        raise DataError(f"cannot write the training data into {job_dir}: {exc.strerror or exc}") from exc
+    if progress is not None:
+        progress(total_files, total_files, "")
+
+    has_dataset = bool(labeled_cases)
+    # without labeled cases (a predict-only job) the unlabeled volumes are just more volumes to predict
+    predict_files = [job_dir / e.image for e in entries
+                     if e.role == "predict" or (not has_dataset and predict_unlabeled and e.role == "unlabeled")]
+    job = TrainingJob(
+        mode=mode,
+        preset=preset,
+        output_dir=Path(output_dir) if output_dir is not None else job_dir / RUN_FOLDER,
+        dataset_dir=dataset if has_dataset else None,
+        predict_dir=predict_files or None,
+        model=Path(model) if model is not None else None,
+        resume=bool(resume),
+        overrides=dict(overrides or {}),
+        device=device,
+        seed=int(seed),
+        write_confidence=bool(write_confidence),
+        predict_unlabeled=bool(predict_unlabeled),
+        overwrite=bool(overwrite),
+    )
+    mapping = {
+        "version": 1,
+        "preset": preset,
+        "entries": [entry.__dict__ for entry in entries],
+    }
+    atomic_write_text(job_dir / NODES_FILE, json.dumps(mapping, indent=2) + "\n")
+    job_path = write_job(job, job_dir / "job.json")
+    # validate what was written with the reader the worker uses: a bad option fails here, in the GUI
+    from ..jobs import read_job
+
+    try:
+        read_job(job_path)
+    except DataError:
+        job_path.unlink(missing_ok=True)  # never leave a job behind that the worker would reject
+        raise
+    return job_path
