@@ -957,45 +957,15 @@ class ACTIONPlusPlusLogic(ScriptedLoadableModuleLogic):
 
         Raises with a message for the panel; the user's nodes are only read.
         """
-        from ACTIONPlusPlusLib.slicer_bridge.job_folder import write_training_job
+        from ACTIONPlusPlusLib.slicer_bridge import module_jobs
 
-        problems = self.selectionProblems(pairs, unlabeled, settings.preset)
-        if problems:
-            raise ValueError("\n".join(problems))
-        plan = job_options.plan_run(settings)
-        voxels = node_selection.voxel_count([v for v, _s in pairs]) + node_selection.voxel_count(unlabeled)
-        predicted = node_selection.voxel_count(unlabeled) if predictUnlabeled else 0
-        required = output_folder.required_disk_bytes(voxels, predicted, confidence=settings.confidence)
-        problem = output_folder.free_disk_message(plan.job_dir, required)
-        if problem:
-            raise OSError(problem)
-        options = job_options.build_job_options(settings, plan)
-        jobPath = write_training_job(
-            slicer.mrmlScene, pairs, unlabeled, [], plan.job_dir, settings.preset,
-            output_dir=plan.output_dir, predict_unlabeled=predictUnlabeled, progress=progress, **options,
-        )
-        return Path(jobPath), plan
+        return module_jobs.prepare_training_job(slicer.mrmlScene, pairs, unlabeled, settings, predictUnlabeled, progress)
 
     def preparePredictionJob(self, volumes: list[Any], modelPath: str, settings: job_options.PanelSettings) -> Path:
         """Export the volumes as a predict job for an existing model file; returns job.json."""
-        from ACTIONPlusPlusLib.slicer_bridge.job_folder import write_training_job
+        from ACTIONPlusPlusLib.slicer_bridge import module_jobs
 
-        volumes = [v for v in volumes if v is not None]
-        if not volumes:
-            raise ValueError(_("Pick the volume to segment."))
-        if not modelPath or modelPath == "." or not os.path.isfile(modelPath):
-            raise ValueError(_("Pick an existing model file (model.pt of a training run)."))
-        problem = output_folder.output_root_problem(settings.output_root)
-        if problem:
-            raise ValueError(problem)
-        jobDir = output_folder.new_run_folder(settings.output_root, prefix="predict")
-        problem = output_folder.free_disk_message(jobDir, output_folder.required_disk_bytes(2 * node_selection.voxel_count(volumes), confidence=settings.confidence))
-        if problem:
-            raise OSError(problem)
-        options = job_options.build_job_options(settings)
-        options.update(mode="predict", model=modelPath, resume=False)
-        jobPath = write_training_job(slicer.mrmlScene, [], [], volumes, jobDir, settings.preset, **options)
-        return Path(jobPath)
+        return module_jobs.prepare_prediction_job(slicer.mrmlScene, volumes, modelPath, settings)
 
     # ------------------------------------------------------------------------------- worker
 
@@ -1016,11 +986,9 @@ class ACTIONPlusPlusLogic(ScriptedLoadableModuleLogic):
 
     def loadResults(self, jobDir: Path, events: Optional[list[dict]] = None, withConfidence: bool = False) -> list:
         """Add the job's predictions as new segmentation nodes (and confidence volumes)."""
-        from ACTIONPlusPlusLib.slicer_bridge.results import load_predictions
+        from ACTIONPlusPlusLib.slicer_bridge import module_jobs
 
-        imports = load_predictions(slicer.mrmlScene, jobDir, events, with_confidence=withConfidence)
-        node_selection.mark_sources(imports)
-        return imports
+        return module_jobs.load_results(slicer.mrmlScene, jobDir, events, with_confidence=withConfidence)
 
     @staticmethod
     def showResults(imports: list) -> None:

@@ -1,0 +1,82 @@
+"""What the module's Logic does with the scene, without Qt: prepare a training or prediction job from
+picked nodes (selection checks, the disk-space check, the job folder) and bring a job's predictions
+back as new nodes.
+
+``ACTIONPlusPlusLogic`` calls these with ``slicer.mrmlScene``; the tests call them with a
+``vtkMRMLScene`` of slicer-core, so the Logic's work is tested without the application.  The user's
+nodes are only read: every problem is raised before anything is written.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from . import node_selection
+from .job_folder import write_training_job
+from .panel import job_options, output_folder
+from .results import PredictionImport, load_predictions
+
+Progress = Callable[[int, int, str], None]
+
+
+def prepare_training_job(
+    scene: Any,
+    pairs: Sequence[tuple[Any, Any]],
+    unlabeled: Sequence[Any],
+    settings: job_options.PanelSettings,
+    predict_unlabeled: bool = True,
+    progress: Progress | None = None,
+) -> tuple[Path, job_options.RunPlan]:
+    """Check the selection and the disk, then export the nodes as a job folder; returns (job.json, plan).
+
+    Raises ``ValueError`` (selection, output folder) or ``OSError`` (disk space) with the panel's message.
+    """
+    problems = node_selection.node_selection_problems(pairs, unlabeled, settings.preset)
+    if problems:
+        raise ValueError("\n".join(problems))
+    plan = job_options.plan_run(settings)
+    voxels = node_selection.voxel_count([v for v, _s in pairs]) + node_selection.voxel_count(unlabeled)
+    predicted = node_selection.voxel_count(unlabeled) if predict_unlabeled else 0
+    required = output_folder.required_disk_bytes(voxels, predicted, confidence=settings.confidence)
+    problem = output_folder.free_disk_message(plan.job_dir, required)
+    if problem:
+        raise OSError(problem)
+    options = job_options.build_job_options(settings, plan)
+    job_path = write_training_job(
+        scene, pairs, unlabeled, [], plan.job_dir, settings.preset,
+        output_dir=plan.output_dir, predict_unlabeled=predict_unlabeled, progress=progress, **options,
+    )
+    return Path(job_path), plan
+
+
+def prepare_prediction_job(scene: Any, volumes: Sequence[Any], model_path: str,
+                           settings: job_options.PanelSettings) -> Path:
+    """Export ``volumes`` as a predict job for an existing model file; returns job.json."""
+    volumes = [v for v in volumes if v is not None]
+    if not volumes:
+        raise ValueError("Pick the volume to segment.")
+    if not model_path or model_path == "." or not os.path.isfile(model_path):
+        raise ValueError("Pick an existing model file (model.pt of a training run).")
+    problem = output_folder.output_root_problem(settings.output_root)
+    if problem:
+        raise ValueError(problem)
+    job_dir = output_folder.new_run_folder(settings.output_root, prefix="predict")
+    required = output_folder.required_disk_bytes(2 * node_selection.voxel_count(volumes), confidence=settings.confidence)
+    problem = output_folder.free_disk_message(job_dir, required)
+    if problem:
+        raise OSError(problem)
+    options = job_options.build_job_options(settings)
+    options.update(mode="predict", model=model_path, resume=False)
+    return Path(write_training_job(scene, [], [], volumes, job_dir, settings.preset, **options))
+
+
+def load_results(scene: Any, job_dir: str | Path, events: Sequence[dict] | None = None,
+                 with_confidence: bool = False) -> list[PredictionImport]:
+    """Add the job's predictions as new segmentation nodes (and confidence volumes), each marked with the
+    volume it was made on."""
+    imports = load_predictions(scene, job_dir, events, with_confidence=with_confidence)
+    node_selection.mark_sources(imports)
+    return imports
