@@ -5,6 +5,11 @@ Phases run in order: pre-training warm-up (global ISD, fixed temperatures), pre-
 ATS).  Each phase builds a fresh SGD optimiser with its own poly schedule, as the authors' separate
 scripts do.  The loop keeps work on the device: losses are accumulated as tensors and read back only
 every ``log_every`` iterations (the NaN check happens there and before every checkpoint).
+
+Why one file of ~450 lines: the Trainer's state (networks, heads, optimiser, generators, phase and
+iteration) is what a checkpoint saves and a resume restores, and ``step_once`` is shared by the loop
+and ``bench/train_step.py``; splitting the class would spread that one state over several files.  The
+phases' steps themselves live in ``pretrain.py`` and ``finetune.py``.
 """
 
 from __future__ import annotations
