@@ -8,10 +8,11 @@ without Slicer.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from ... import config as _config
+from ...budget import Layout
 from .formatting import SEP, format_duration
 
 
@@ -44,27 +45,18 @@ def preset_summary(preset: str) -> str:
     return f"{net} \u00b7 {cfg.num_classes} classes (background + {names}) \u00b7 patch {'x'.join(map(str, cfg.patch_size))}"
 
 
-@dataclass
-
-
-class Budget:
-    """A training budget as the panel shows it and the job receives it.
+@dataclass(frozen=True)
+class Budget(Layout):
+    """A training budget as the panel shows it and the job receives it: the phase lengths it lays out
+    (:class:`~ACTIONPlusPlusLib.budget.Layout`), with ``notes`` on why a phase was dropped (too small a
+    budget) or how minutes became iterations.
 
     ``budget_iterations``: the job's ``Config.budget_iterations`` (0 = the preset's explicit paper
-    schedule); ``warmup``/``joint``/``finetune``: the phase lengths it lays out; ``notes``: why a phase
-    was dropped (too small a budget) or how minutes became iterations.
+    schedule); ``mode``: the panel's choice (quick, paper, custom).
     """
 
-    mode: str
-    budget_iterations: int
-    warmup: int
-    joint: int
-    finetune: int
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def total(self) -> int:
-        return self.warmup + self.joint + self.finetune
+    mode: str = "paper"
+    budget_iterations: int = 0
 
     @property
     def overrides(self) -> dict[str, int]:
@@ -88,7 +80,7 @@ def budget_for(preset: str, mode: str, value: float = 0, unit: str = "iterations
     notes: list[str] = []
     if mode == "paper":
         lengths = _budget.phase_lengths(cfg)
-        return Budget("paper", 0, lengths.warmup, lengths.joint, lengths.finetune)
+        return Budget(lengths.warmup, lengths.joint, lengths.finetune, list(lengths.notes), "paper", 0)
     if mode == "quick":
         total = QUICK_BUDGET[cfg.preset]
     elif mode == "custom":
@@ -107,7 +99,7 @@ def budget_for(preset: str, mode: str, value: float = 0, unit: str = "iterations
     if total < 1:
         raise ValueError(f"the iteration budget must be at least 1, got {total}")
     lengths = cfg.replace(budget_iterations=int(total)).phase_lengths()  # the trainer's own layout
-    return Budget(mode, int(total), lengths.warmup, lengths.joint, lengths.finetune, notes + list(lengths.notes))
+    return Budget(lengths.warmup, lengths.joint, lengths.finetune, notes + list(lengths.notes), mode, int(total))
 
 
 def explicit_iterations(values: Sequence[int]) -> dict[str, int]:

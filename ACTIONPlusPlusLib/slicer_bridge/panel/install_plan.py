@@ -138,8 +138,6 @@ def manual_pip_command(requirement: str) -> str:
 
 
 @dataclass
-
-
 class InstallStep:
     """One step of the dependency installation, as the panel's log shows it."""
 

@@ -22,8 +22,6 @@ DEVICE_CHOICES = ("auto", "cuda", "cpu", "mps")
 
 
 @dataclass
-
-
 class PanelSettings:
     """The training settings the panel shows (mirrors the parameter node)."""
 
@@ -44,8 +42,6 @@ RUN_OUTPUT = "run"  # a job folder's output sub-folder (job_folder.RUN_FOLDER, n
 
 
 @dataclass
-
-
 class RunPlan:
     """Where a training run writes and how it starts (fresh, warm start, or resume)."""
 

@@ -194,8 +194,6 @@ def exit_code_message(code: int | None, error: str | None = None) -> str:
 
 
 @dataclass
-
-
 class ProgressTracker:
     """Folds worker events into what the panel shows. Feed every event to :meth:`handle`."""
 
