@@ -19,51 +19,43 @@ def _storage_messages(storage: Any) -> str:
     return text.strip() or "no details were reported"
 
 
+def _read_new_node(scene: Any, path: str | Path, node_class: str, storage_class: str, what: str,
+                   name: str | None, needs_image: bool) -> Any:
+    """A NEW ``node_class`` node read from ``path`` through a ``storage_class`` node; on failure both are
+    removed again and DataError carries the reader's messages."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"file not found: {path}")
+    from ..data.imageio import split_suffix
+
+    node = scene.AddNewNodeByClass(node_class, scene.GenerateUniqueName(name or split_suffix(path)[0]))
+    storage = scene.AddNewNodeByClass(storage_class)
+    storage.SetFileName(str(path))
+    ok = storage.ReadData(node)
+    if not ok or (needs_image and node.GetImageData() is None):
+        message = _storage_messages(storage)
+        scene.RemoveNode(node)
+        scene.RemoveNode(storage)
+        raise DataError(f"cannot read {what} {path}: {message}")
+    node.SetAndObserveStorageNodeID(storage.GetID())
+    node.CreateDefaultDisplayNodes()
+    return node
+
+
 def load_volume_file(scene: Any, path: str | Path, name: str | None = None, *, labelmap: bool = False) -> Any:
     """Read an image file (.nrrd, .nii, .nii.gz, .mha) into a NEW volume node through a storage node.
 
     Slicer's reader flips the slice axis of left-handed files (same physical place): always go through
     the geometry.  DataError with the reader's messages when the file cannot be read.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"file not found: {path}")
-    from ..data.imageio import split_suffix
-
     cls = "vtkMRMLLabelMapVolumeNode" if labelmap else "vtkMRMLScalarVolumeNode"
-    node = scene.AddNewNodeByClass(cls, scene.GenerateUniqueName(name or split_suffix(path)[0]))
-    storage = scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
-    storage.SetFileName(str(path))
-    ok = storage.ReadData(node)
-    if not ok or node.GetImageData() is None:
-        message = _storage_messages(storage)
-        scene.RemoveNode(node)
-        scene.RemoveNode(storage)
-        raise DataError(f"cannot read volume {path}: {message}")
-    node.SetAndObserveStorageNodeID(storage.GetID())
-    node.CreateDefaultDisplayNodes()
-    return node
+    return _read_new_node(scene, path, cls, "vtkMRMLVolumeArchetypeStorageNode", "volume", name, needs_image=True)
 
 
 def load_segmentation_file(scene: Any, path: str | Path, name: str | None = None) -> Any:
     """Read a ``.seg.nrrd`` into a NEW segmentation node through a vtkMRMLSegmentationStorageNode."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"file not found: {path}")
-    from ..data.imageio import split_suffix
-
-    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", scene.GenerateUniqueName(name or split_suffix(path)[0]))
-    storage = scene.AddNewNodeByClass("vtkMRMLSegmentationStorageNode")
-    storage.SetFileName(str(path))
-    ok = storage.ReadData(node)
-    if not ok:
-        message = _storage_messages(storage)
-        scene.RemoveNode(node)
-        scene.RemoveNode(storage)
-        raise DataError(f"cannot read segmentation {path}: {message}")
-    node.SetAndObserveStorageNodeID(storage.GetID())
-    node.CreateDefaultDisplayNodes()
-    return node
+    return _read_new_node(scene, path, "vtkMRMLSegmentationNode", "vtkMRMLSegmentationStorageNode",
+                          "segmentation", name, needs_image=False)
 
 
 def load_label_file(scene: Any, path: str | Path, name: str | None = None) -> Any:
