@@ -128,6 +128,8 @@ class Config:
     pseudo_threshold: float = 0.95  # base confidence threshold of the pixel mask
     # "classwise": each class's threshold scales with its EMA mean confidence (a class the teacher is
     # still unsure of keeps pseudo-labels), floored at pseudo_threshold_floor; "fixed": one threshold
+    # "balanced": as many pixels pass as pass pseudo_threshold overall, but each class keeps its own most
+    # confident share (losses.unsupervised.balanced_mask), so what is taught has the pseudo-labels' shares
     pseudo_threshold_mode: str = "classwise"
     pseudo_threshold_floor: float = 0.7
     # distribution alignment: per-class offsets on the teacher's log-probabilities, adapted each step
@@ -235,8 +237,8 @@ class Config:
             raise ValueError(f"mix_partner must be 'labeled' or 'unlabeled', got {self.mix_partner!r}")
         if self.pseudo_loss not in ("pixel", "image"):
             raise ValueError(f"pseudo_loss must be 'pixel' or 'image', got {self.pseudo_loss!r}")
-        if self.pseudo_threshold_mode not in ("classwise", "fixed"):
-            raise ValueError(f"pseudo_threshold_mode must be 'classwise' or 'fixed', got {self.pseudo_threshold_mode!r}")
+        if self.pseudo_threshold_mode not in ("classwise", "fixed", "balanced"):
+            raise ValueError(f"pseudo_threshold_mode must be 'classwise', 'fixed' or 'balanced', got {self.pseudo_threshold_mode!r}")
         if self.export_weights not in ("teacher", "student"):
             raise ValueError(f"export_weights must be 'teacher' or 'student', got {self.export_weights!r}")
         if self.budget_iterations < 0:

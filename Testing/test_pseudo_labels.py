@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ACTIONPlusPlusLib.config import preset
-from ACTIONPlusPlusLib.losses.unsupervised import masked_pseudo_label_loss
+from ACTIONPlusPlusLib.losses.unsupervised import balanced_mask, masked_pseudo_label_loss
 from ACTIONPlusPlusLib.training.finetune import FinetuneHeads
 
 
@@ -91,3 +91,27 @@ def test_cli_shows_pseudo_label_shares_next_to_labeled_shares() -> None:
               "mask_fraction": 0.9, "teacher_dice": 0.5}
     assert pseudo_label_summary(report) == " taught RV 0.0/2.0 LV 3.0/3.0 mask 90% teacher 50"
     assert pseudo_label_summary(None) == ""
+
+
+def test_the_balanced_mask_teaches_each_class_in_its_pseudo_label_share() -> None:
+    """A confident background, an unsure minority: a threshold drops the minority; the balanced mask
+    keeps the same fraction of every class (the overall pass fraction), never a pasted pixel."""
+    g = torch.Generator().manual_seed(0)
+    pseudo = torch.zeros(2, 32, 32, dtype=torch.long)
+    pseudo[:, 10:14, 10:14] = 1
+    pseudo[:, 20:22, :] = 2
+    conf = 0.9 + 0.1 * torch.rand(2, 32, 32, generator=g)
+    conf[pseudo == 1] = 0.6  # all tied
+    conf[pseudo == 2] = 0.5 + 0.5 * torch.rand(int((pseudo == 2).sum()), generator=g)
+    visible = torch.ones_like(pseudo, dtype=torch.bool)
+    visible[:, :5] = False  # pasted from a labeled image
+    mask = balanced_mask(conf, pseudo, visible, 0.95, 3)
+    keep = ((conf >= 0.95) & visible).sum() / visible.sum()
+    assert not mask[~visible].any()
+    assert not ((conf >= 0.95) & (pseudo == 1)).any()  # a fixed threshold would never teach class 1
+    for c in range(3):
+        own = (pseudo == c) & visible
+        assert abs(float((mask & own).sum() / own.sum()) - float(keep)) < 1.0 / int(own.sum()) + 1e-6
+    for c in (0, 2):  # within a class, the most confident pass
+        own = (pseudo == c) & visible
+        assert conf[mask & own].min() >= conf[~mask & own].max()

@@ -41,3 +41,26 @@ def masked_pseudo_label_loss(logits_u: Tensor, pseudo: Tensor, mask: Tensor) -> 
     """
     ce = F.cross_entropy(logits_u.float(), pseudo.long().clamp_min(0), reduction="none")
     return (ce * mask.float()).sum() / float(max(mask.numel(), 1))
+
+
+@torch.no_grad()
+def balanced_mask(conf: Tensor, pseudo: Tensor, visible: Tensor, threshold: float, num_classes: int) -> Tensor:
+    """A pixel mask that teaches every class in proportion to its pseudo-labels.
+
+    As many visible pixels pass as pass ``threshold`` overall (fraction ``keep``), but each class keeps
+    its own most confident ``keep`` fraction, so the taught class shares equal the pseudo-label shares:
+    a class the teacher is less sure of (usually the minority) is neither dropped nor over-taught.
+    ``visible``: the pixels the teacher labels (not pasted from a labeled image).  One sort, no host sync.
+    """
+    flat_conf = conf.detach().float().flatten()
+    group = torch.where(visible.flatten(), pseudo.flatten(), torch.full_like(pseudo.flatten(), num_classes))
+    n = flat_conf.numel()
+    keep = ((flat_conf >= threshold) & (group < num_classes)).sum() / (group < num_classes).sum().clamp_min(1)
+    order = torch.argsort(group.to(torch.float64) * 2.0 + (1.0 - flat_conf.to(torch.float64)))  # class-major, confident first
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(n, device=conf.device)
+    counts = torch.bincount(group, minlength=num_classes + 1)
+    starts = torch.cumsum(counts, 0) - counts
+    within = rank - starts[group]
+    mask = (within.to(torch.float64) < keep.to(torch.float64) * counts[group].to(torch.float64)) & (group < num_classes)
+    return mask.view_as(conf)

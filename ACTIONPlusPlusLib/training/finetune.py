@@ -24,7 +24,7 @@ from ..distributed import all_gather_cat
 from ..losses.anco import anco_loss, gather_pixels
 from ..losses.saacl import SAACL
 from ..losses.supervised import fp32_loss, one_hot, supervised_loss
-from ..losses.unsupervised import masked_pseudo_label_loss, pseudo_label_loss
+from ..losses.unsupervised import balanced_mask, masked_pseudo_label_loss, pseudo_label_loss
 from ..models.heads import RepresentationHead
 from ..schedules import ema_update
 from . import augment
@@ -197,7 +197,10 @@ class FinetuneStep:
                 x_s, pseudo, conf = augment.mix(x_u, pseudo, conf, masks)
         if cfg.intensity_augmentation:
             x_s = augment.gaussian_blur(augment.jitter(x_s, cfg.strong_jitter_strength, dev_gen), dev_gen)
-        teacher_mask = (conf >= thresholds[pseudo]) & ~from_labeled  # pixels labeled by the teacher
+        if cfg.pseudo_threshold_mode == "balanced":
+            teacher_mask = balanced_mask(conf, pseudo, ~from_labeled, cfg.pseudo_threshold, cfg.num_classes)
+        else:
+            teacher_mask = (conf >= thresholds[pseudo]) & ~from_labeled  # pixels labeled by the teacher
 
         with autocast():
             if cfg.fused_forward:
