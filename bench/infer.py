@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ACTIONPlusPlusLib.config import preset  # noqa: E402
 from ACTIONPlusPlusLib.data.types import Case  # noqa: E402
 from ACTIONPlusPlusLib.device import describe_devices, resolve_device  # noqa: E402
+from ACTIONPlusPlusLib import inference  # noqa: E402
 from ACTIONPlusPlusLib.inference import DEFAULT_STRIDE_3D, predict_case, window_starts  # noqa: E402
 from ACTIONPlusPlusLib.models import build_network  # noqa: E402
 
@@ -47,7 +48,8 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def bench_one(name: str, spec: dict, device: torch.device, repeats: int, warm: int, batch: int | None) -> str:
+def bench_one(name: str, spec: dict, device: torch.device, repeats: int, warm: int, batch: int | None,
+              compare: bool = False) -> str:
     cfg = preset(name, **spec["overrides"])
     torch.manual_seed(0)
     model = build_network(cfg).to(device).eval()
@@ -79,6 +81,20 @@ def bench_one(name: str, spec: dict, device: torch.device, repeats: int, warm: i
         times.append(time.perf_counter() - start)
     assert result.labels.shape == image.shape
     best, mean = min(times), sum(times) / len(times)
+    if compare:  # the training network as it is, timed in the same way, interleaved with the above
+        plain_times = []
+        inference.OPTIMIZE_FOR_INFERENCE = False
+        try:
+            for _ in range(repeats):
+                _sync(device)
+                start = time.perf_counter()
+                plain = predict_case(model, case, cfg, device=device, **kwargs)
+                _sync(device)
+                plain_times.append(time.perf_counter() - start)
+        finally:
+            inference.OPTIMIZE_FOR_INFERENCE = True
+        detail += (f"; plain network {min(plain_times):.3f} s (best): {min(plain_times) / best:.2f}x faster, labels "
+                   f"equal at {100 * float((plain.labels == result.labels).mean()):.4f}% of voxels")
     peak = ""
     if device.type == "cuda":
         peak = f", peak GPU memory {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB"
@@ -102,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preset", choices=["la", "acdc", "both"], default="both")
     parser.add_argument("--batch-size", type=int, default=None, help="windows/slices per forward")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    parser.add_argument("--compare", action="store_true",
+                        help="also time the training network as it is (no BatchNorm folding, no channels-last)")
     args = parser.parse_args(argv)
 
     if args.threads:
@@ -121,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
             torch.backends.cudnn.benchmark = True
         for name in names:
             warm = args.warm if args.warm is not None else (1 if device.type == "cuda" else 0)
-            print(bench_one(name, table[name], device, args.repeats, warm, args.batch_size), flush=True)
+            print(bench_one(name, table[name], device, args.repeats, warm, args.batch_size, args.compare), flush=True)
     return 0
 
 
