@@ -47,7 +47,10 @@ def run_one(impl: str, args) -> dict:
     device = torch.device(args.device)
     g = torch.Generator(device=device).manual_seed(0)
     shape = (args.batch, args.channels, args.size, args.size)
-    rep = torch.randn(shape, generator=g, device=device).requires_grad_(True)
+    rep = torch.randn(shape, generator=g, device=device)
+    if args.layout == "channels-last":  # as RepresentationHead.dense_no_grad gives it to the trainer's AnCo
+        rep = rep.contiguous(memory_format=torch.channels_last)
+    rep.requires_grad_(True)
     labels = torch.randint(0, 4, (args.batch, args.size, args.size), generator=g, device=device)
     prob = torch.softmax(torch.randn(args.batch, 4, args.size, args.size, generator=g, device=device), 1)
     valid = torch.ones_like(labels, dtype=torch.bool)
@@ -78,13 +81,15 @@ def main() -> int:
     parser.add_argument("--negatives", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--layout", choices=["channels-first", "channels-last"], default="channels-first",
+                        help="memory layout of the map (the trainer's representation head gives channels-last)")
     parser.add_argument("--impl", default=None, help=argparse.SUPPRESS)  # child process
     args = parser.parse_args()
     if args.impl:
         print(json.dumps(run_one(args.impl, args)))
         return 0
     print(f"AnCo forward + backward, map {args.batch}x{args.channels}x{args.size}x{args.size}, {args.queries} queries x "
-          f"{args.negatives} negatives per class, 4 classes, {args.device}, torch {torch.__version__} "
+          f"{args.negatives} negatives per class, 4 classes, {args.layout} map, {args.device}, torch {torch.__version__} "
           f"({torch.get_num_threads()} threads)")
     results = {}
     for impl in ("gathered", "indexed"):
