@@ -55,6 +55,13 @@ def test_indexed_contrast_equals_contrast_ce_values_and_gradients() -> None:
         (grad,) = torch.autograd.grad((ours * weights).sum(), query)
         (ref_grad,) = torch.autograd.grad((ref * weights).sum(), query)
         assert torch.allclose(grad, ref_grad, atol=1e-6)
+    raw = rows * torch.linspace(0.2, 5.0, 50).unsqueeze(1)  # the same directions, other lengths
+    scaled = indexed_contrast(query, pos, raw, idx, 0.3, chunk=3, row_scale=1.0 / raw.norm(dim=1))
+    ours = indexed_contrast(query, pos, rows, idx, 0.3, chunk=3)
+    assert torch.allclose(scaled, ours, atol=1e-6)
+    (scaled_grad,) = torch.autograd.grad(scaled.sum(), query)
+    (unit_grad,) = torch.autograd.grad(ours.sum(), query)
+    assert torch.allclose(scaled_grad, unit_grad, atol=1e-6)
 
 
 def test_chunked_logsumexp_matmul_equals_torch() -> None:

@@ -47,9 +47,11 @@ def run_one(impl: str, args) -> dict:
     device = torch.device(args.device)
     g = torch.Generator(device=device).manual_seed(0)
     shape = (args.batch, args.channels, args.size, args.size)
-    rep = torch.randn(shape, generator=g, device=device)
     if args.layout == "channels-last":  # as RepresentationHead.dense_no_grad gives it to the trainer's AnCo
-        rep = rep.contiguous(memory_format=torch.channels_last)
+        n, c, h, w = shape  # drawn in that layout: a converted copy would double the peak memory measured
+        rep = torch.randn((n, h, w, c), generator=g, device=device).permute(0, 3, 1, 2)
+    else:
+        rep = torch.randn(shape, generator=g, device=device)
     rep.requires_grad_(True)
     labels = torch.randint(0, 4, (args.batch, args.size, args.size), generator=g, device=device)
     prob = torch.softmax(torch.randn(args.batch, 4, args.size, args.size, generator=g, device=device), 1)

@@ -210,7 +210,8 @@ class _IndexedContrast(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, q: Tensor, pos: Tensor, rows: Tensor, idx: Tensor, tau: float, chunk: int) -> Tensor:
+    def forward(ctx, q: Tensor, pos: Tensor, rows: Tensor, idx: Tensor, tau: float, chunk: int,
+                scale: Tensor | None = None) -> Tensor:
         n, m = idx.shape
         d = q.shape[1]
         inv_tau = 1.0 / float(tau)
@@ -223,11 +224,14 @@ class _IndexedContrast(torch.autograd.Function):
             neg = buf[: b - a]
             torch.index_select(rows, 0, idx[a:b].reshape(-1), out=neg.view(-1, d))
             torch.sum(neg * q[a:b].unsqueeze(1), dim=2, out=l_neg[a:b])
+        if scale is not None:  # rows not yet unit: cos = (q . row) / |row|
+            l_neg.mul_(scale[idx])
         l_neg.mul_(inv_tau)
         lse = torch.logaddexp(l_pos, torch.logsumexp(l_neg, dim=1))
         p_neg = torch.exp(l_neg - lse.unsqueeze(1))
         p_pos = torch.exp(l_pos - lse)
-        weighted = F.embedding_bag(idx, rows, per_sample_weights=p_neg, mode="sum")  # sum_m p_m rows[idx_m]
+        weights = p_neg if scale is None else p_neg * scale[idx]
+        weighted = F.embedding_bag(idx, rows, per_sample_weights=weights, mode="sum")  # sum_m p_m unit rows[idx_m]
         grad = ((p_pos - 1.0).unsqueeze(1) * pos + weighted) * inv_tau
         ctx.save_for_backward(grad)
         return lse - l_pos
@@ -235,23 +239,24 @@ class _IndexedContrast(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss: Tensor):
         (grad,) = ctx.saved_tensors
-        return grad_loss.unsqueeze(1) * grad, None, None, None, None, None
+        return grad_loss.unsqueeze(1) * grad, None, None, None, None, None, None
 
 
 def indexed_contrast(query: Tensor, positive: Tensor, rows: Tensor, idx: Tensor, tau: float,
-                     chunk: int | None = None) -> Tensor:
+                     chunk: int | None = None, row_scale: Tensor | None = None) -> Tensor:
     """Per-query contrastive CE with negatives ``rows[idx]`` read by index (see :class:`_IndexedContrast`).
 
     ``query`` (N, D) raw rows (normalised here, with gradient), ``positive`` (N, D) and ``rows`` (P, D)
     unit rows (detached), ``idx`` (N, M).  Returns (N,) losses; ``contrast_ce`` of one query equals
     this with ``rows[idx]`` as its negatives.  ``chunk`` (queries per gather): 16 on CPU, where a
-    cache-sized buffer is fastest, all at once on GPUs.
+    cache-sized buffer is fastest, all at once on GPUs.  ``row_scale`` (P,): when given, ``rows`` are
+    raw and ``rows * row_scale[:, None]`` the unit rows (1 / norm), so a map-sized unit copy is never made.
     """
     if chunk is None:
         chunk = 16 if query.device.type == "cpu" else max(1, idx.shape[0])
     q = F.normalize(query.float(), dim=1, eps=1e-8)
     return _IndexedContrast.apply(q, positive.detach().float(), rows.detach().float().contiguous(), idx.long(),
-                                  float(tau), int(chunk))
+                                  float(tau), int(chunk), None if row_scale is None else row_scale.detach().float())
 
 
 @fp32_loss
@@ -290,8 +295,9 @@ def anco_loss(
         rows = pixel_rows(rep.detach().float())  # a view of a channels-last map, else our own copy
         smp = anco_sample(rep, labels, valid, prob, tau, num_queries, num_negatives, strong_threshold, generator,
                           rows=rows)
-        if rows._is_view():
-            rows = F.normalize(rows, dim=1, eps=1e-8)
+        row_scale = None
+        if rows._is_view():  # a view of the caller's map: scale by 1 / norm inside the contrast, no unit copy
+            row_scale = 1.0 / torch.linalg.vector_norm(rows, dim=1).clamp_min(1e-8)
         else:  # normalise our copy in place: one pass, no second map-sized buffer
             rows.div_(rows.norm(dim=1, keepdim=True).clamp_min(1e-8))
         protos = F.normalize(smp.prototypes, dim=1, eps=1e-8)  # (C, D)
@@ -299,7 +305,7 @@ def anco_loss(
     q_idx = smp.query_idx.reshape(-1)  # (C*Q,)
     query = query_rows(q_idx) if query_rows is not None else gather_pixels(rep, q_idx)
     per_query = indexed_contrast(query, protos.repeat_interleave(num_queries, dim=0), rows,
-                                 smp.negative_idx.reshape(q_idx.shape[0], -1), tau)
+                                 smp.negative_idx.reshape(q_idx.shape[0], -1), tau, row_scale=row_scale)
     terms = per_query.view(num_classes, num_queries).mean(dim=1)  # (C,)
     total = torch.where(smp.use, terms, torch.zeros_like(terms)).sum()
     v = smp.num_valid
