@@ -120,11 +120,12 @@ def test_resume_reaches_the_same_weights(cardiac, tmp_path, stop_after):
     a = torch.load(reference.model_path, weights_only=True)["state_dict"]
     b = torch.load(resumed.model_path, weights_only=True)["state_dict"]
     assert a.keys() == b.keys()
+    # Equal to float rounding: usually bit for bit, but in about one resume in five (more often on two
+    # threads) a BatchNorm running mean differs by 6e-8 (one ulp), inside fine-tuning as in pre-training;
+    # uninterrupted runs repeat bit for bit.  A lost piece of state (RNG, queue, EMA, statistics) moves
+    # the weights by far more than 1e-6.
     for key in a:
-        if stop_after == 11:  # stopped and resumed inside fine-tuning: bit for bit
-            assert torch.equal(a[key], b[key]), key
-        else:  # resumed inside pre-training: the phase change runs in a fresh process; measured within 6e-8
-            assert torch.allclose(a[key].float(), b[key].float(), rtol=0, atol=1e-6), key
+        assert torch.allclose(a[key].float(), b[key].float(), rtol=0, atol=1e-6), key
 
 
 def test_resume_refuses_a_different_method_config(cardiac, tmp_path):
