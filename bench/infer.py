@@ -48,6 +48,15 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _timed(run, device: torch.device):
+    """(run(), seconds), synchronised on CUDA."""
+    _sync(device)
+    start = time.perf_counter()
+    out = run()
+    _sync(device)
+    return out, time.perf_counter() - start
+
+
 def bench_one(name: str, spec: dict, device: torch.device, repeats: int, warm: int, batch: int | None,
               compare: bool = False) -> str:
     cfg = preset(name, **spec["overrides"])
@@ -72,27 +81,29 @@ def bench_one(name: str, spec: dict, device: torch.device, repeats: int, warm: i
         kwargs["stride"] = spec["stride"]
     for _ in range(warm):
         predict_case(model, case, cfg, device=device, **kwargs)
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
-        result = predict_case(model, case, cfg, device=device, **kwargs)
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    assert result.labels.shape == image.shape
-    best, mean = min(times), sum(times) / len(times)
-    if compare:  # the training network as it is, timed in the same way, interleaved with the above
-        plain_times = []
+    def predict():
+        return predict_case(model, case, cfg, device=device, **kwargs)
+
+    def plain_predict():  # the training network as it is (inference.OPTIMIZE_FOR_INFERENCE off)
         inference.OPTIMIZE_FOR_INFERENCE = False
         try:
-            for _ in range(repeats):
-                _sync(device)
-                start = time.perf_counter()
-                plain = predict_case(model, case, cfg, device=device, **kwargs)
-                _sync(device)
-                plain_times.append(time.perf_counter() - start)
+            return predict()
         finally:
             inference.OPTIMIZE_FOR_INFERENCE = True
+
+    if compare and (cfg.dim != 3 or device.type != "cpu"):
+        compare = False  # inference_network runs the network itself there: nothing to compare
+        detail += "; the same network with or without --compare (the inference copy is for 3D on the CPU)"
+    times, plain_times = [], []
+    for _ in range(repeats):  # with --compare, the two alternate, so a busy machine slows both alike
+        result, seconds = _timed(predict, device)
+        times.append(seconds)
+        if compare:
+            plain, seconds = _timed(plain_predict, device)
+            plain_times.append(seconds)
+    assert result.labels.shape == image.shape
+    best, mean = min(times), sum(times) / len(times)
+    if compare:
         detail += (f"; plain network {min(plain_times):.3f} s (best): {min(plain_times) / best:.2f}x faster, labels "
                    f"equal at {100 * float((plain.labels == result.labels).mean()):.4f}% of voxels")
     peak = ""
