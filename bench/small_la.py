@@ -46,6 +46,7 @@ def main() -> int:
     parser.add_argument("--seeds", default="1337")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="config override for the ACTION++ arm (ablations)")
+    parser.add_argument("--arms", default="actionpp,supervised", help="which arms to run (ablations: actionpp)")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "small_la")
     args = parser.parse_args()
     if not args.data.is_dir():
@@ -72,6 +73,8 @@ def main() -> int:
     results: dict[str, list[float]] = {"ACTION++": [], "supervised-only": []}
     for seed in seeds:
         for name, mode in (("ACTION++", "actionpp"), ("supervised-only", "supervised")):
+            if mode not in args.arms.split(","):
+                continue
             run_cfg = base.replace(mode=mode, seed=seed, **(overrides if mode == "actionpp" else {}))
             started = time.perf_counter()
             result = train(run_cfg, labeled, unlabeled if mode == "actionpp" else [], args.out / f"seed{seed}" / mode,
@@ -83,6 +86,11 @@ def main() -> int:
             print(format_table(evaluation.summary, base.foreground_names,
                                f"seed {seed}, {name}: {len(labeled)} labeled scans, {len(test)} held-out scans "
                                f"({seconds:.0f} s training)") + "\n", flush=True)
+    results = {k: v for k, v in results.items() if v}
+    if len(results) < 2:
+        for name, values in results.items():
+            print(f"mean Dice: {name} {100 * statistics.mean(values):.2f} (" + ", ".join(f"{100 * v:.2f}" for v in values) + ")")
+        return 0
     ours, theirs = statistics.mean(results["ACTION++"]), statistics.mean(results["supervised-only"])
     if len(seeds) > 1:
         for name, values in results.items():
