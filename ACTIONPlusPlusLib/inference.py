@@ -87,9 +87,13 @@ def inference_network(model: torch.nn.Module, dev: torch.device, dim: int) -> to
     and channels-last (oneDNN's faster layout), 1.6x faster on the LA volume at equal labels
     (``bench/infer.py --compare``); a model still in training is left as it is.  Elsewhere ``model``
     itself: the 2D U-Net measured no faster folded on the CPU, and CUDA has not been measured."""
-    if not OPTIMIZE_FOR_INFERENCE or dim != 3 or dev.type != "cpu":
+    if not _uses_inference_copy(dev, dim):
         return model
     return channels_last_3d(fold_batchnorm(model))
+
+
+def _uses_inference_copy(dev: torch.device, dim: int) -> bool:
+    return OPTIMIZE_FOR_INFERENCE and dim == 3 and dev.type == "cpu"
 
 
 def _model_device(model: torch.nn.Module) -> torch.device:
@@ -231,11 +235,12 @@ def _predict_3d(
     counts = axis_counts[0][:, None, None] * axis_counts[1][None, :, None] * axis_counts[2][None, None, :]
 
     score: torch.Tensor | None = None
+    channels_last = _uses_inference_copy(dev, 3)
     px, py, pz = patch
     for first in range(0, len(corners), batch_size):
         batch = corners[first : first + batch_size]
         x = torch.stack([volume[a : a + px, b : b + py, c : c + pz] for a, b, c in batch]).unsqueeze(1)
-        if dev.type == "cpu" and OPTIMIZE_FOR_INFERENCE:  # the layout of inference_network's copy
+        if channels_last:  # the layout of inference_network's copy
             x = x.contiguous(memory_format=torch.channels_last_3d)
         with autocast(dev, cfg.amp):
             logits = _logits(model(x))

@@ -19,8 +19,7 @@ _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
-def _fold_sequential(seq: nn.Sequential) -> int:
-    folded = 0
+def _fold_sequential(seq: nn.Sequential) -> None:
     names = list(seq._modules)
     for first, second in zip(names, names[1:]):
         conv, norm = seq._modules[first], seq._modules[second]
@@ -28,8 +27,6 @@ def _fold_sequential(seq: nn.Sequential) -> int:
             transpose = isinstance(conv, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d))
             seq._modules[first] = fuse_conv_bn_eval(conv, norm, transpose=transpose)
             seq._modules[second] = nn.Identity()
-            folded += 1
-    return folded
 
 
 @torch.no_grad()
