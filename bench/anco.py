@@ -58,6 +58,7 @@ def run_one(impl: str, args) -> dict:
     valid = torch.ones_like(labels, dtype=torch.bool)
     fn = anco_loss if impl == "indexed" else gathered_anco
     times = []
+    result = None  # (loss, |grad|) of the last repeat; its tensors are freed before the next one starts
     for _ in range(args.repeats):
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -68,10 +69,11 @@ def run_one(impl: str, args) -> dict:
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - started)
+        result = (loss.item(), grad.norm().item())
+        del loss, grad
     peak = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    return {"impl": impl, "seconds": min(times), "peak_gib": peak / 2**30, "loss": loss.item(),
-            "grad_norm": grad.norm().item()}
+    return {"impl": impl, "seconds": min(times), "peak_gib": peak / 2**30, "loss": result[0], "grad_norm": result[1]}
 
 
 def main() -> int:
