@@ -48,6 +48,19 @@ def test_classmix_keeps_half_of_the_present_classes():
         assert torch.equal(masks[i].bool(), torch.isin(pseudo[i], kept))
 
 
+def test_classmix_with_one_foreground_class_pastes_along_the_pseudo_label():
+    """Why LA mixes with a box (README): with two classes ClassMix keeps exactly one of them, so the mask is
+    the pseudo-label or its complement and every edge of the pasted region is a pseudo-label boundary;
+    the box (cutmix) does not depend on the pseudo-labels at all."""
+    gen = torch.Generator().manual_seed(0)
+    pseudo = (torch.rand(16, 12, 12, 8, generator=gen) > 0.7).long()
+    masks = augment.classmix_masks(pseudo, 2, gen).bool()
+    for m, p in zip(masks, pseudo.bool()):
+        assert torch.equal(m, p) or torch.equal(m, ~p)
+    boxes = augment.cutmix_masks(16, (12, 12, 8), gen, torch.device("cpu")).bool()
+    assert not any(torch.equal(m, p) or torch.equal(m, ~p) for m, p in zip(boxes, pseudo.bool()))
+
+
 def test_mix_takes_the_partner_outside_the_mask():
     image = torch.arange(3.0).view(3, 1, 1, 1).expand(3, 1, 2, 2).clone()
     pseudo = torch.arange(3).view(3, 1, 1).expand(3, 2, 2).clone()

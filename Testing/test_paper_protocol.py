@@ -89,8 +89,8 @@ PAPER_PROTOCOL = [
     (BOTH, "saacl_anchors_per_class", 256, "spec 6.5: 256 anchors per class"),
     (BOTH, "saacl_queue_size", 12288, "spec 6.5: K_q = 12288"),
     (BOTH, "centroid_momentum", 0.1, "paper Eq. 4: eta = 0.1"),
-    ("acdc", "mix", "cutmix", "spec 6.1: 2D shell --apply_aug cutmix"),
-    ("la", "mix", "classmix", "spec 6.1: 3D default classmix"),
+    (BOTH, "mix", "cutmix", "spec 6.1: 2D shell --apply_aug cutmix; for LA a product default (README), the "
+                            "spec's 3D classmix is mix=classmix: with two classes its mask is the pseudo-label"),
     # --- augmentation (D7, D8) ------------------------------------------------------------------------
     (BOTH, "geometric_augmentation", True, "paper: rotation and flip (D7)"),
     (BOTH, "intensity_augmentation", True, "spec 5.1, 6.1 (D8)"),
