@@ -48,6 +48,18 @@ def _other_weights_dice(run_dir: Path, cfg, val) -> tuple[str, float]:
     return other, evaluate_cases(model, cfg, val).summary["mean"]["dice"]
 
 
+ARMS = ("actionpp", "supervised")
+
+
+def arms_argument(text: str) -> list[str]:
+    """``--arms``: a comma-separated subset of :data:`ARMS` (argparse type: a typo is an error, not an empty run)."""
+    arms = text.split(",")
+    unknown = sorted(set(arms) - set(ARMS))
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown arm(s) {', '.join(unknown)}; choose from {', '.join(ARMS)}")
+    return arms
+
+
 def progress_printer(name: str):
     """A training callback that prints one line every 100 iterations (stage, loss, s/it, pseudo-labels)."""
     def callback(event: dict) -> None:
@@ -80,7 +92,7 @@ def main() -> int:
     parser.add_argument("--seeds", default=None, help="comma-separated seeds (overrides --seed)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="config override for the ACTION++ arm (ablations)")
-    parser.add_argument("--arms", default="actionpp,supervised", help="which arms to run (ablations: actionpp)")
+    parser.add_argument("--arms", type=arms_argument, default="actionpp,supervised", help="which arms to run (ablations: actionpp)")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "small_acdc")
     args = parser.parse_args()
     if not args.data.is_dir():
@@ -101,7 +113,7 @@ def main() -> int:
     results: dict[str, list[float]] = {"ACTION++": [], "supervised-only": []}
     for seed in seeds:
         for name, mode in (("ACTION++", "actionpp"), ("supervised-only", "supervised")):
-            if mode not in args.arms.split(","):
+            if mode not in args.arms:
                 continue
             run_cfg = base.replace(mode=mode, seed=seed, **(overrides if mode == "actionpp" else {}))
             run_dir = args.out / f"seed{seed}" / mode

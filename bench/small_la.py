@@ -31,7 +31,7 @@ from ACTIONPlusPlusLib.evaluation import evaluate_cases  # noqa: E402
 from ACTIONPlusPlusLib.metrics import format_table  # noqa: E402
 from ACTIONPlusPlusLib.model_io import load_model  # noqa: E402
 from ACTIONPlusPlusLib.training import train  # noqa: E402
-from small_acdc import progress_printer  # noqa: E402
+from small_acdc import arms_argument, progress_printer  # noqa: E402
 
 
 def main() -> int:
@@ -46,7 +46,7 @@ def main() -> int:
     parser.add_argument("--seeds", default="1337")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="config override for the ACTION++ arm (ablations)")
-    parser.add_argument("--arms", default="actionpp,supervised", help="which arms to run (ablations: actionpp)")
+    parser.add_argument("--arms", type=arms_argument, default="actionpp,supervised", help="which arms to run (ablations: actionpp)")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "small_la")
     args = parser.parse_args()
     if not args.data.is_dir():
@@ -73,7 +73,7 @@ def main() -> int:
     results: dict[str, list[float]] = {"ACTION++": [], "supervised-only": []}
     for seed in seeds:
         for name, mode in (("ACTION++", "actionpp"), ("supervised-only", "supervised")):
-            if mode not in args.arms.split(","):
+            if mode not in args.arms:
                 continue
             run_cfg = base.replace(mode=mode, seed=seed, **(overrides if mode == "actionpp" else {}))
             started = time.perf_counter()

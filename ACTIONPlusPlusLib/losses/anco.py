@@ -224,13 +224,14 @@ class _IndexedContrast(torch.autograd.Function):
             neg = buf[: b - a]
             torch.index_select(rows, 0, idx[a:b].reshape(-1), out=neg.view(-1, d))
             torch.sum(neg * q[a:b].unsqueeze(1), dim=2, out=l_neg[a:b])
-        if scale is not None:  # rows not yet unit: cos = (q . row) / |row|
-            l_neg.mul_(scale[idx])
+        scale_idx = None if scale is None else scale[idx]  # (N, M) 1 / |row| of each negative
+        if scale_idx is not None:  # rows not yet unit: cos = (q . row) / |row|
+            l_neg.mul_(scale_idx)
         l_neg.mul_(inv_tau)
         lse = torch.logaddexp(l_pos, torch.logsumexp(l_neg, dim=1))
         p_neg = torch.exp(l_neg - lse.unsqueeze(1))
         p_pos = torch.exp(l_pos - lse)
-        weights = p_neg if scale is None else p_neg * scale[idx]
+        weights = p_neg if scale_idx is None else p_neg * scale_idx
         weighted = F.embedding_bag(idx, rows, per_sample_weights=weights, mode="sum")  # sum_m p_m unit rows[idx_m]
         grad = ((p_pos - 1.0).unsqueeze(1) * pos + weighted) * inv_tau
         ctx.save_for_backward(grad)
