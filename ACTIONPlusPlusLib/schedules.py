@@ -64,8 +64,8 @@ def ema_update(teacher: nn.Module, student: nn.Module, decay: float) -> None:
     passes update them.  Parameters are paired in registration order; both modules must have the same
     parameter shapes.  Implemented with two fused ``torch._foreach_*`` kernels, no per-tensor loop.
     """
-    t_params = [p for p in teacher.parameters()]
-    s_params = [p.detach() for p in student.parameters()]
+    t_params = list(teacher.parameters())
+    s_params = list(student.parameters())
     if len(t_params) != len(s_params):
         raise ValueError(
             f"ema_update: teacher has {len(t_params)} parameters, student {len(s_params)}; the modules differ"
@@ -75,10 +75,10 @@ def ema_update(teacher: nn.Module, student: nn.Module, decay: float) -> None:
     for tp, sp in zip(t_params, s_params):
         if tp.shape != sp.shape:
             raise ValueError(f"ema_update: parameter shape mismatch {tuple(tp.shape)} vs {tuple(sp.shape)}")
-    t_data = [p.data for p in t_params]
-    s_data = [p.data.to(dtype=t.dtype) for p, t in zip(s_params, t_data)]
-    torch._foreach_mul_(t_data, float(decay))
-    torch._foreach_add_(t_data, s_data, alpha=1.0 - float(decay))
+    # the parameters themselves (no-grad mode): no ``.data`` / ``.detach()`` alias per tensor
+    s_data = [s if s.dtype == t.dtype else s.to(dtype=t.dtype) for s, t in zip(s_params, t_params)]
+    torch._foreach_mul_(t_params, float(decay))
+    torch._foreach_add_(t_params, s_data, alpha=1.0 - float(decay))
 
 
 def sigmoid_rampup(t: int, length: int) -> float:

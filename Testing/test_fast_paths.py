@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from ACTIONPlusPlusLib.losses import anco_loss, contrast_ce
 from ACTIONPlusPlusLib.losses.anco import indexed_contrast
 from ACTIONPlusPlusLib.losses.saacl import logsumexp_matmul
-from ACTIONPlusPlusLib.models.heads import RepresentationHead
+from ACTIONPlusPlusLib.models.heads import RepresentationHead, pixel_taps
 
 
 def _features(dim: int, generator: torch.Generator) -> list[torch.Tensor]:
@@ -39,6 +39,24 @@ def test_sparse_and_folded_head_equal_the_dense_head() -> None:
             assert torch.allclose(a, b, atol=1e-12)
         assert torch.allclose(head.dense_no_grad(feats), dense, atol=1e-12)
         assert not head.dense_no_grad(feats).requires_grad
+
+
+def test_taps_computed_once_read_the_same_pixels_for_two_heads_and_batch_sizes() -> None:
+    """The fine-tuning step computes the anchor taps once and reads the student's features (labeled +
+    unlabeled images) and the teacher's (labeled only) with them: the rows must be those of each map."""
+    g = torch.Generator().manual_seed(7)
+    for dim in (2, 3):
+        feats = _features(dim, g)  # 3 images
+        student = RepresentationHead(dim, [f.shape[1] for f in feats], 6).double()
+        teacher = RepresentationHead(dim, [f.shape[1] for f in feats], 6).double()
+        per_image = feats[-1][0, 0].numel()
+        idx = torch.randint(0, 2 * per_image, (30,), generator=g)  # pixels of the first 2 images
+        taps = pixel_taps([tuple(f.shape[2:]) for f in feats], idx, torch.float64)
+        assert torch.equal(student.at_pixels(feats, taps=taps), student.at_pixels(feats, idx))
+        first_two = [f[:2] for f in feats]
+        assert torch.equal(teacher.at_pixels(first_two, taps=taps), teacher.at_pixels(first_two, idx))
+        ref = teacher(first_two).flatten(2)[idx // per_image, :, idx % per_image]
+        assert torch.allclose(teacher.at_pixels(first_two, taps=taps), ref, atol=1e-12)
 
 
 def test_indexed_contrast_equals_contrast_ce_values_and_gradients() -> None:

@@ -9,6 +9,10 @@ losses, backward, SGD, EMA, queue updates), with the loop's one host sync per lo
 is printed next to a supervised-only step (the baseline's) at the same per-arm labeled batch and shape,
 and the ratio of the two (the supervised step is scaled linearly when the stage's labeled batch differs,
 e.g. LA pre-training 1+1 against the 2-image supervised step).
+
+``--ops`` also prints the operator calls of one step of each stage (top-level ATen calls, the torch
+profiler's count): on a GPU each is at least one kernel launch, so a step of small tensors is bound by
+their host-side cost before it is bound by the GPU.
 """
 
 from __future__ import annotations
@@ -72,12 +76,24 @@ def _trainer(name: str, shape: str, device: torch.device, phase: str, tmp: str) 
     return trainer
 
 
+def _operator_calls(trainer: Trainer) -> int:
+    """Top-level ATen operator calls of one ``step_once`` (forward, backward, optimiser, EMA)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        trainer.step_once(trainer.phases[trainer.phase_index])
+    trainer.iteration += 1
+    return sum(1 for e in prof.events()
+               if e.name.startswith("aten::") and not (e.cpu_parent is not None and e.cpu_parent.name.startswith("aten::")))
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-def bench(name: str, shape: str, device: torch.device, iters: int, warm: int, rounds: int = 3) -> list[str]:
+def bench(name: str, shape: str, device: torch.device, iters: int, warm: int, rounds: int = 3,
+          count_ops: bool = False) -> list[str]:
     """Each stage's step next to a supervised step at the same per-arm batch and shape, and the ratio.
 
     The stages are timed in interleaved rounds (``iters`` iterations of each stage per round, best round
@@ -105,6 +121,7 @@ def bench(name: str, shape: str, device: torch.device, iters: int, warm: int, ro
                 best[phase] = min(best[phase], (time.perf_counter() - started) / iters)
                 if device.type == "cuda":
                     peaks[phase] = torch.cuda.max_memory_allocated(device) / 2**30
+        ops = {phase: _operator_calls(trainer) for phase, trainer in trainers.items()} if count_ops else {}
     lines = []
     sup_seconds = best["supervised"]
     for phase in phases:
@@ -121,7 +138,7 @@ def bench(name: str, shape: str, device: torch.device, iters: int, warm: int, ro
                else f"peak process RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
         lines.append(f"{name:4s} {shape:7s} patch {'x'.join(map(str, cfg.patch_size)):10s} batch {batch:4s} {phase:10s} "
                      f"{1 / seconds:7.2f} it/s ({seconds * 1000:8.1f} ms/it)  vs supervised step {ref * 1000:7.1f} ms: "
-                     f"ratio {seconds / ref:5.2f}  {mem}")
+                     f"ratio {seconds / ref:5.2f}  {mem}" + (f"  {ops[phase]} operator calls/step" if ops else ""))
         print(lines[-1], flush=True)
     return lines
 
@@ -134,6 +151,7 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=5, help="iterations per stage per round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--warm", type=int, default=2)
+    parser.add_argument("--ops", action="store_true", help="also count the operator calls of one step per stage")
     parser.add_argument("--acdc-size", type=int, default=64, help="ACDC patch edge for the reduced shape (64, 128)")
     args = parser.parse_args()
     REDUCED["acdc"]["patch_size"] = [args.acdc_size, args.acdc_size]
@@ -143,7 +161,7 @@ def main() -> None:
           + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else f" ({os.cpu_count()} CPU cores, {torch.get_num_threads()} threads)"))
     for shape in shapes:
         for name in args.presets.split(","):
-            bench(name, shape, device, args.iterations, args.warm, args.rounds)
+            bench(name, shape, device, args.iterations, args.warm, args.rounds, args.ops)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ exactly the per-window adaptive pooling without a Python loop over windows.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -136,27 +137,24 @@ class RepresentationHead(nn.Module):
     # (queries, anchors): :meth:`at_pixels` computes exactly those rows (its backward touches the
     # C_s-channel features at 2^dim corners per pixel, never a d-channel full-resolution map), and
     # :meth:`dense_no_grad` the whole map without gradient (prototypes, negatives).
-    def at_pixels(self, features: list[torch.Tensor], idx: torch.Tensor) -> torch.Tensor:
+    def at_pixels(self, features: list[torch.Tensor], idx: torch.Tensor | None = None,
+                  taps: list[PixelTaps] | None = None) -> torch.Tensor:
         """Rows ``(len(idx), d)`` of ``forward(features)`` at flat pixel indices over ``(N, *S)``.
 
         Equal (to float rounding) to gathering the rows of the dense map; differentiable w.r.t. the
-        features and the head's weights.  Interpolation follows ``align_corners=True``.
+        features and the head's weights.  Interpolation follows ``align_corners=True``.  ``taps``
+        (from :func:`pixel_taps`, instead of ``idx``) lets two heads read the same pixels of feature
+        maps of the same sizes (the student's and the teacher's) without recomputing where.
         """
         if self.kernel != 1:
             raise ValueError("sparse evaluation needs representation_kernel=1")
-        size = tuple(features[-1].shape[2:])
-        idx = idx.reshape(-1).long()
-        per_image = math.prod(size)
-        n_idx = idx // per_image
-        rest = idx % per_image
-        coords = []  # full-resolution integer coordinate along each axis
-        for extent in reversed(size):
-            coords.append(rest % extent)
-            rest = rest // extent
-        coords.reverse()
+        if taps is None:
+            if idx is None:
+                raise ValueError("at_pixels needs idx or taps")
+            taps = pixel_taps([tuple(f.shape[2:]) for f in features], idx, features[0].dtype)
         rows = None
-        for proj, f in zip(self.per_scale, features):
-            part = F.linear(_bilinear_rows(f, n_idx, coords, size), proj.weight.reshape(proj.out_channels, -1))
+        for proj, f, tap in zip(self.per_scale, features, taps):
+            part = F.linear(_read_taps(f, tap), proj.weight.reshape(proj.out_channels, -1))
             rows = part if rows is None else rows + part
         weight = self.last.weight.reshape(self.last.out_channels, -1)
         return F.linear(rows, weight, self.last.bias)
@@ -191,35 +189,65 @@ class RepresentationHead(nn.Module):
         return self._up(x.movedim(-1, 1), size).movedim(1, -1)
 
 
-def _bilinear_rows(g: torch.Tensor, n_idx: torch.Tensor, coords: list[torch.Tensor], size: tuple[int, ...]) -> torch.Tensor:
-    """(n, d) values of ``interpolate(g, size, align_corners=True)`` at the given full-size coordinates."""
-    src_size = g.shape[2:]
-    flat = g.flatten(2)  # (N, d, prod(src))
-    if tuple(src_size) == tuple(size):
-        lin = torch.zeros_like(n_idx)
-        for c, extent in zip(coords, src_size):
-            lin = lin * extent + c
-        return flat[n_idx, :, lin]
-    lows, highs, fracs = [], [], []
-    for c, extent, out in zip(coords, src_size, size):
-        scale = (extent - 1) / (out - 1) if out > 1 else 0.0
-        pos = c.to(torch.float64) * scale
-        lo = pos.floor().long().clamp(0, extent - 1)
-        lows.append(lo)
-        highs.append((lo + 1).clamp(max=extent - 1))
-        fracs.append((pos - lo.to(torch.float64)).to(g.dtype))
-    # every corner of every point in one gather (one index_put in the backward)
-    lins, weights = [], []
-    for corner in range(2 ** len(coords)):
-        lin = torch.zeros_like(n_idx)
-        weight = None
-        for axis, extent in enumerate(src_size):
-            upper = (corner >> (len(coords) - 1 - axis)) & 1
-            lin = lin * extent + (highs[axis] if upper else lows[axis])
-            w = fracs[axis] if upper else 1.0 - fracs[axis]
+class PixelTaps(NamedTuple):
+    """Where one scale's features are read for a set of full-resolution pixels (:func:`pixel_taps`)."""
+
+    image: torch.Tensor  # (K * n,) image index of each tap
+    position: torch.Tensor  # (K * n,) flat position in the scale's grid
+    weight: torch.Tensor | None  # (K * n,) interpolation weight, None when K = 1 (same grid)
+    corners: int  # K: 2^dim, or 1 at full resolution
+
+
+def pixel_taps(sizes: list[tuple[int, ...]], idx: torch.Tensor, dtype: torch.dtype = torch.float32) -> list[PixelTaps]:
+    """The taps of ``interpolate(f, sizes[-1], align_corners=True)`` at flat pixel indices ``idx`` over
+    ``(N, *sizes[-1])``, for feature maps of the given spatial ``sizes`` (the last is full resolution);
+    weights in ``dtype`` (the features').
+
+    The 2^dim corners are formed by broadcasting (a (2, ..., 2, n) grid of indices and weights), so the
+    number of operations does not grow with the corners: on a GPU each is a kernel launch.
+    """
+    size = tuple(sizes[-1])
+    dim = len(size)
+    idx = idx.reshape(-1).long()
+    per_image = math.prod(size)
+    n_idx = idx // per_image
+    rest = idx % per_image
+    coords = []  # full-resolution integer coordinate along each axis (float64: exact for any size)
+    for extent in reversed(size):
+        coords.append(rest % extent)
+        rest = rest // extent
+    coords.reverse()
+    coords64 = [c.to(torch.float64) for c in coords]
+    taps = []
+    for src in sizes:
+        src = tuple(src)
+        if src == size:
+            lin = None
+            for c, extent in zip(coords, src):
+                lin = c if lin is None else lin * extent + c
+            taps.append(PixelTaps(n_idx, lin, None, 1))
+            continue
+        lin, weight = None, None
+        for axis, (c, extent, out) in enumerate(zip(coords64, src, size)):
+            pos = c * ((extent - 1) / (out - 1) if out > 1 else 0.0)
+            lo = pos.floor().long()  # in [0, extent - 1]: the coordinates lie within the full-size grid
+            frac = (pos - lo).to(dtype)
+            shape = [1] * dim + [-1]
+            shape[axis] = 2
+            ends = torch.stack([lo, (lo + 1).clamp(max=extent - 1)]).view(shape)  # lower, upper corner
+            w = torch.stack([1.0 - frac, frac]).view(shape)
+            lin = ends if lin is None else lin * extent + ends
             weight = w if weight is None else weight * w
-        lins.append(lin)
-        weights.append(weight)
-    corners = len(lins)
-    values = flat[n_idx.repeat(corners), :, torch.cat(lins)]  # (corners * n, d)
-    return (values * torch.cat(weights).unsqueeze(1)).view(corners, -1, values.shape[1]).sum(dim=0)
+        corners = 2 ** dim  # order: axis 0 most significant, summed in that order
+        taps.append(PixelTaps(n_idx.repeat(corners), lin.reshape(-1), weight.reshape(-1), corners))
+    return taps
+
+
+def _read_taps(g: torch.Tensor, tap: PixelTaps) -> torch.Tensor:
+    """(n, d) interpolated rows of the (N, d, *s) map ``g`` at ``tap`` (every corner in one gather, one
+    index_put in the backward)."""
+    values = g.flatten(2)[tap.image, :, tap.position]  # (K * n, d)
+    if tap.weight is None:
+        return values
+    weighted = values * tap.weight.to(g.dtype).unsqueeze(1)
+    return weighted.view(tap.corners, -1, values.shape[1]).sum(dim=0)

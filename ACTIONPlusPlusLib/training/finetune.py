@@ -25,7 +25,7 @@ from ..losses.anco import anco_loss, gather_pixels
 from ..losses.saacl import SAACL
 from ..losses.supervised import fp32_loss, one_hot, supervised_loss
 from ..losses.unsupervised import balanced_mask, masked_pseudo_label_loss, pseudo_label_loss
-from ..models.heads import RepresentationHead
+from ..models.heads import RepresentationHead, pixel_taps
 from ..schedules import ema_update
 from . import augment
 
@@ -233,10 +233,11 @@ class FinetuneStep:
                                    strong_threshold=cfg.strong_threshold, generator=dev_gen,
                                    query_rows=(lambda idx: heads.q_rep.at_pixels(features, idx)) if sparse else None)
         idx, y_a, w_a = heads.saacl.sample(y_l, dev_gen)  # anchors: labeled pixels (the first n_l images)
-        if sparse:
-            s_rows = heads.q_rep.at_pixels(features, idx)
+        if sparse:  # student and teacher read the same anchor pixels: where to read is computed once
+            taps = pixel_taps([tuple(f.shape[2:]) for f in features], idx, features[0].dtype)
+            s_rows = heads.q_rep.at_pixels(features, taps=taps)
             with torch.no_grad():
-                t_rows = heads.k_rep.at_pixels([f.float() for f in feat_tl], idx)
+                t_rows = heads.k_rep.at_pixels([f.float() for f in feat_tl], taps=taps)
         else:
             s_rows = gather_pixels(rep[:n_l], idx)
             t_rows = gather_pixels(rep_t, idx)
