@@ -11,8 +11,8 @@ and the ratio of the two (the supervised step is scaled linearly when the stage'
 e.g. LA pre-training 1+1 against the 2-image supervised step).
 
 ``--ops`` also prints the operator calls of one step of each stage (top-level ATen calls, the torch
-profiler's count): on a GPU each is at least one kernel launch, so a step of small tensors is bound by
-their host-side cost before it is bound by the GPU.
+profiler's count; on the CPU also as the CUDA path runs the step): on a GPU each is at least one kernel
+launch, so a step of small tensors can be bound by their host-side cost before it is bound by the GPU.
 """
 
 from __future__ import annotations
@@ -76,12 +76,32 @@ def _trainer(name: str, shape: str, device: torch.device, phase: str, tmp: str) 
     return trainer
 
 
-def _operator_calls(trainer: Trainer) -> int:
-    """Top-level ATen operator calls of one ``step_once`` (forward, backward, optimiser, EMA)."""
+def _operator_calls(trainer: Trainer, as_on_cuda: bool = False) -> int:
+    """Top-level ATen operator calls of one ``step_once`` (forward, backward, optimiser, EMA).
+
+    ``as_on_cuda``: count on the CPU what the CUDA path runs, whose choices differ in two places: the
+    optimiser's ``foreach`` kernels (torch's default on CUDA) instead of a loop over tensors, and AnCo's
+    and SAACL's contrast in one chunk instead of cache-sized ones.
+    """
+    import contextlib
+    from unittest import mock
+
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        trainer.step_once(trainer.phases[trainer.phase_index])
+    from ACTIONPlusPlusLib.losses import anco, saacl
+
+    with contextlib.ExitStack() as stack:
+        if as_on_cuda:
+            contrast = anco.indexed_contrast
+            stack.enter_context(mock.patch.object(
+                anco, "indexed_contrast", lambda q, p, r, i, t, chunk=None, row_scale=None:
+                contrast(q, p, r, i, t, chunk=max(1, i.shape[0]), row_scale=row_scale)))
+            stack.enter_context(mock.patch.object(
+                saacl, "logsumexp_matmul", lambda a, keys: saacl._LogSumExpMatmul.apply(a, keys.detach(), keys.shape[0])))
+            for group in trainer.optimizer.param_groups:
+                stack.enter_context(mock.patch.dict(group, {"foreach": True}))
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            trainer.step_once(trainer.phases[trainer.phase_index])
     trainer.iteration += 1
     return sum(1 for e in prof.events()
                if e.name.startswith("aten::") and not (e.cpu_parent is not None and e.cpu_parent.name.startswith("aten::")))
@@ -121,7 +141,12 @@ def bench(name: str, shape: str, device: torch.device, iters: int, warm: int, ro
                 best[phase] = min(best[phase], (time.perf_counter() - started) / iters)
                 if device.type == "cuda":
                     peaks[phase] = torch.cuda.max_memory_allocated(device) / 2**30
-        ops = {phase: _operator_calls(trainer) for phase, trainer in trainers.items()} if count_ops else {}
+        ops = {}
+        if count_ops:
+            for phase, trainer in trainers.items():
+                ops[phase] = f"  {_operator_calls(trainer)} operator calls/step"
+                if device.type == "cpu":
+                    ops[phase] += f" ({_operator_calls(trainer, as_on_cuda=True)} as the CUDA path runs it)"
     lines = []
     sup_seconds = best["supervised"]
     for phase in phases:
@@ -138,7 +163,7 @@ def bench(name: str, shape: str, device: torch.device, iters: int, warm: int, ro
                else f"peak process RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
         lines.append(f"{name:4s} {shape:7s} patch {'x'.join(map(str, cfg.patch_size)):10s} batch {batch:4s} {phase:10s} "
                      f"{1 / seconds:7.2f} it/s ({seconds * 1000:8.1f} ms/it)  vs supervised step {ref * 1000:7.1f} ms: "
-                     f"ratio {seconds / ref:5.2f}  {mem}" + (f"  {ops[phase]} operator calls/step" if ops else ""))
+                     f"ratio {seconds / ref:5.2f}  {mem}" + ops.get(phase, ""))
         print(lines[-1], flush=True)
     return lines
 

@@ -8,6 +8,7 @@ exactly the per-window adaptive pooling without a Python loop over windows.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -198,48 +199,68 @@ class PixelTaps(NamedTuple):
     corners: int  # K: 2^dim, or 1 at full resolution
 
 
+@functools.lru_cache(maxsize=64)
+def _scale_tables(sources: tuple[tuple[int, ...], ...], size: tuple[int, ...], device: torch.device
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per source grid and axis (S, dim): the align_corners ratio ``(extent - 1) / (out - 1)`` (float64)
+    and the extent (long), on ``device``.  Cached: built (one small host-to-device copy) once per run."""
+    ratio = torch.tensor([[(e - 1) / (o - 1) if o > 1 else 0.0 for e, o in zip(src, size)] for src in sources],
+                         dtype=torch.float64)
+    extent = torch.tensor([list(src) for src in sources], dtype=torch.long)
+    return ratio.to(device), extent.to(device)
+
+
 def pixel_taps(sizes: list[tuple[int, ...]], idx: torch.Tensor, dtype: torch.dtype = torch.float32) -> list[PixelTaps]:
     """The taps of ``interpolate(f, sizes[-1], align_corners=True)`` at flat pixel indices ``idx`` over
     ``(N, *sizes[-1])``, for feature maps of the given spatial ``sizes`` (the last is full resolution);
     weights in ``dtype`` (the features').
 
-    The 2^dim corners are formed by broadcasting (a (2, ..., 2, n) grid of indices and weights), so the
-    number of operations does not grow with the corners: on a GPU each is a kernel launch.
+    Every coarser scale and all 2^dim corners are formed at once by broadcasting (a (2, ..., 2, S, n)
+    grid of indices and weights), so the number of operations grows with neither: on a GPU each
+    operation is a kernel launch, and this runs twice per fine-tuning step.
     """
-    size = tuple(sizes[-1])
+    size = tuple(int(e) for e in sizes[-1])
     dim = len(size)
     idx = idx.reshape(-1).long()
     per_image = math.prod(size)
     n_idx = idx // per_image
     rest = idx % per_image
-    coords = []  # full-resolution integer coordinate along each axis (float64: exact for any size)
+    coords = []  # full-resolution integer coordinate along each axis
     for extent in reversed(size):
         coords.append(rest % extent)
         rest = rest // extent
     coords.reverse()
-    coords64 = [c.to(torch.float64) for c in coords]
-    taps = []
-    for src in sizes:
-        src = tuple(src)
-        if src == size:
-            lin = None
-            for c, extent in zip(coords, src):
-                lin = c if lin is None else lin * extent + c
-            taps.append(PixelTaps(n_idx, lin, None, 1))
-            continue
+    full = None  # flat position at full resolution
+    for c, extent in zip(coords, size):
+        full = c if full is None else full * extent + c
+    coarse = [i for i, src in enumerate(sizes) if tuple(src) != size]
+    rows: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    corners = 2 ** dim  # order: axis 0 most significant, summed in that order
+    if coarse:
+        count = len(coarse)
+        ratio, extents = _scale_tables(tuple(tuple(int(e) for e in sizes[i]) for i in coarse), size, idx.device)
         lin, weight = None, None
-        for axis, (c, extent, out) in enumerate(zip(coords64, src, size)):
-            pos = c * ((extent - 1) / (out - 1) if out > 1 else 0.0)
+        for axis in range(dim):
+            pos = coords[axis].to(torch.float64) * ratio[:, axis : axis + 1]  # (S, n), float64: exact
             lo = pos.floor().long()  # in [0, extent - 1]: the coordinates lie within the full-size grid
             frac = (pos - lo).to(dtype)
-            shape = [1] * dim + [-1]
+            hi = torch.minimum(lo + 1, extents[:, axis : axis + 1] - 1)
+            shape = [1] * dim + [count, -1]
             shape[axis] = 2
-            ends = torch.stack([lo, (lo + 1).clamp(max=extent - 1)]).view(shape)  # lower, upper corner
+            ends = torch.stack([lo, hi]).view(shape)  # lower, upper corner
             w = torch.stack([1.0 - frac, frac]).view(shape)
-            lin = ends if lin is None else lin * extent + ends
+            lin = ends if lin is None else lin * extents[:, axis : axis + 1] + ends
             weight = w if weight is None else weight * w
-        corners = 2 ** dim  # order: axis 0 most significant, summed in that order
-        taps.append(PixelTaps(n_idx.repeat(corners), lin.reshape(-1), weight.reshape(-1), corners))
+        lin = lin.movedim(-2, 0).reshape(count, -1)  # (S, corners * n), corner-major
+        weight = weight.movedim(-2, 0).reshape(count, -1)
+        rows = {i: (lin[k], weight[k]) for k, i in enumerate(coarse)}
+    image = n_idx.repeat(corners) if coarse else n_idx
+    taps = []
+    for i in range(len(sizes)):
+        if i in rows:
+            taps.append(PixelTaps(image, rows[i][0], rows[i][1], corners))
+        else:
+            taps.append(PixelTaps(n_idx, full, None, 1))
     return taps
 
 
