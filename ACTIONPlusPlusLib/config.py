@@ -116,7 +116,7 @@ class Config:
     # foreground class ClassMix's mask IS the teacher's pseudo-label, so the pasted region's edge is the
     # pseudo-label's boundary and the student can read the label off the paste (LA, 64x64x48, 400
     # iterations, seed 1337: classmix 12.07, cutmix 27.85, supervised-only 22.12); spec 6.1's 3D default
-    # stays mix="classmix"
+    # is one override away: mix="classmix"
     mix: str = "cutmix"
     # whose image fills the rest of the strong view: "labeled" pastes a labeled image and its ground truth
     # (bidirectional copy-paste, Bai et al. CVPR 2023: labeled pixels seen in unlabeled context, supervised
