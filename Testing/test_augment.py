@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
+from ACTIONPlusPlusLib.config import preset
 from ACTIONPlusPlusLib.training import augment
 
 
@@ -36,6 +38,25 @@ def test_cutmix_masks_cover_about_half():
     masks = augment.cutmix_masks(64, (64, 64), torch.Generator().manual_seed(0), torch.device("cpu"))
     kept = 1 - masks.flatten(1).mean(dim=1)  # box fraction
     assert ((kept > 0.45) & (kept < 0.55)).all()
+
+
+def test_3d_boxes_span_the_configured_share_of_the_depth():
+    """3D boxes are one contiguous run of slices whose length is ``depth_fraction`` of the depth (the
+    code's 20 of 80 by default), each slice of it holding the same in-plane box."""
+    for depth, fraction, expected in ((80, 0.25, 20), (48, 0.25, 12), (6, 0.25, 1), (48, 1.0, 48), (48, 0.5, 24)):
+        boxes = 1 - augment.cutmix_masks(8, (16, 16, depth), torch.Generator().manual_seed(1), torch.device("cpu"),
+                                         depth_fraction=fraction)
+        for box in boxes.bool():
+            slices = box.flatten(0, 1).any(dim=0).nonzero().flatten()
+            assert len(slices) == expected
+            assert int(slices[-1] - slices[0]) == expected - 1  # contiguous
+            assert all(torch.equal(box[..., k], box[..., slices[0]]) for k in slices)
+
+
+@pytest.mark.parametrize("fraction", [0, -0.5, 1.5])
+def test_a_box_depth_outside_zero_to_one_is_refused_by_name(fraction):
+    with pytest.raises(ValueError, match="cutmix_depth_fraction"):
+        preset("la", cutmix_depth_fraction=fraction)
 
 
 def test_classmix_keeps_half_of_the_present_classes():

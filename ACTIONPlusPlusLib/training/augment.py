@@ -107,11 +107,12 @@ def gaussian_blur(image: torch.Tensor, gen: torch.Generator, p: float = 0.5, sig
     return torch.where(_bcast(apply, image), blurred, image)
 
 
-def cutmix_masks(n: int, spatial: tuple[int, ...], gen: torch.Generator, device: torch.device) -> torch.Tensor:
+def cutmix_masks(n: int, spatial: tuple[int, ...], gen: torch.Generator, device: torch.device,
+                 depth_fraction: float = 0.25) -> torch.Tensor:
     """Box masks of about half the in-plane area (spec 6.1 3b, 12.13); 1 = keep the sample, 0 = partner.
 
     In-plane: width w ~ U_int[H/2 + 1, H - 1], height round(H*W/2 / w), top-left uniform.  3D boxes
-    span a quarter of the depth (20 of 80 slices in the code).
+    span ``depth_fraction`` of the depth (the code's 20 of 80 slices: 0.25), at a uniform offset.
     """
     h, w = spatial[0], spatial[1]
     bw = torch.randint(h // 2 + 1, max(h // 2 + 2, h), (n,), generator=gen, device=device)
@@ -123,7 +124,7 @@ def cutmix_masks(n: int, spatial: tuple[int, ...], gen: torch.Generator, device:
     inside = (ii >= x0[:, None, None]) & (ii < (x0 + bw)[:, None, None]) & (jj >= y0[:, None, None]) & (jj < (y0 + bh)[:, None, None])
     if len(spatial) == 3:
         d = spatial[2]
-        depth = max(1, d // 4)
+        depth = min(d, max(1, int(d * float(depth_fraction))))
         z0 = (torch.rand(n, generator=gen, device=device) * (d - depth + 1)).long()
         kk = torch.arange(d, device=device)[None, None, None, :]
         inside = inside[..., None] & (kk >= z0[:, None, None, None]) & (kk < (z0 + depth)[:, None, None, None])

@@ -181,7 +181,8 @@ class FinetuneStep:
         gate = heads.update_reliability(cfg, logits_tl.float(), y_l) if cfg.reliability_gate else None
 
         if cfg.mix == "cutmix":
-            masks = augment.cutmix_masks(len(x_u), tuple(x_u.shape[2:]), dev_gen, x_u.device)
+            masks = augment.cutmix_masks(len(x_u), tuple(x_u.shape[2:]), dev_gen, x_u.device,
+                                         cfg.cutmix_depth_fraction)
         elif cfg.mix == "classmix":
             masks = augment.classmix_masks(pseudo, cfg.num_classes, dev_gen)
         else:
