@@ -131,6 +131,9 @@ class TqdmReporter:
                                      + pseudo_label_summary(event.get("pseudo_labels")))
         elif kind == "warning" and not self.quiet:
             self.bar.write(f"warning: {event['message']}", file=sys.stderr)
+        elif kind == "stage" and not self.quiet and event.get("stage") == "export":
+            self.bar.write(f"saving the model: BatchNorm statistics over {event['total']} batches of training images",
+                           file=sys.stderr)
         elif kind == "stage" and not self.quiet:
             self.bar.write(f"stage {event['stage']} ({event['phase']}): {event['total']} iterations", file=sys.stderr)
 

@@ -159,6 +159,9 @@ class Config:
     fused_forward: bool = True
     # the weights written to model.pt: "teacher" (the EMA model) or "student"
     export_weights: str = "teacher"
+    # BatchNorm statistics of the model.pt network re-estimated over this many batches of training
+    # images without augmentation (training/export.py); 0 keeps the running statistics of training
+    export_bn_batches: int = 32
 
     # --- augmentation (D7, D8, D14) --------------------------------------------------------------
     geometric_augmentation: bool = True  # ACDC: rot90/flip or +-20 deg rotation; LA: rot90/flip
@@ -249,6 +252,8 @@ class Config:
             raise ValueError(f"pseudo_threshold_mode must be 'classwise', 'fixed' or 'balanced', got {self.pseudo_threshold_mode!r}")
         if self.export_weights not in ("teacher", "student"):
             raise ValueError(f"export_weights must be 'teacher' or 'student', got {self.export_weights!r}")
+        if self.export_bn_batches < 0:
+            raise ValueError(f"export_bn_batches must be >= 0 (0 = the running statistics of training), got {self.export_bn_batches}")
         if self.budget_iterations < 0:
             raise ValueError("budget_iterations must be >= 0 (0 = the explicit phase counts)")
         if not (0 <= self.budget_warmup_fraction and 0 <= self.budget_joint_fraction

@@ -413,6 +413,16 @@ def test_progress_tracker_predict_only_job_moves_the_bar():
     assert tracker.percent == 25.0
 
 
+def test_progress_tracker_says_when_the_model_is_being_saved():
+    tracker = run_progress.ProgressTracker()
+    tracker.handle({"event": "stage", "stage": "finetune", "phase": "finetune", "total": 400})
+    tracker.handle({"event": "progress", "stage": "finetune", "phase": "finetune", "iteration": 400, "total": 400,
+                    "overall_iteration": 400, "overall_total": 400, "loss": 0.5})
+    line = tracker.handle({"event": "stage", "stage": "export", "phase": "export", "total": 32})
+    assert line == tracker.status and "Saving the model" in line and "32 batches" in line
+    assert tracker.percent == 100.0 and "export" not in tracker.stage_totals  # not an iteration stage
+
+
 def test_progress_tracker_errors_and_cancel():
     tracker = run_progress.ProgressTracker()
     tracker.handle({"event": "error", "message": "volume 'MRI' is 2D", "type": "DataError", "exit_code": 2})

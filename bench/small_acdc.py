@@ -35,16 +35,19 @@ from ACTIONPlusPlusLib.metrics import format_table  # noqa: E402
 from ACTIONPlusPlusLib.model_io import load_model  # noqa: E402
 from ACTIONPlusPlusLib.models import build_network  # noqa: E402
 from ACTIONPlusPlusLib.training import train  # noqa: E402
+from ACTIONPlusPlusLib.training.batches import BatchSource  # noqa: E402
 from ACTIONPlusPlusLib.training.checkpoint import load_checkpoint  # noqa: E402
+from ACTIONPlusPlusLib.training.export import export_network  # noqa: E402
 
 
-def _other_weights_dice(run_dir: Path, cfg, val) -> tuple[str, float]:
-    """Mean Dice of the ACTION++ weights that model.pt does not hold (student or teacher)."""
+def _other_weights_dice(run_dir: Path, cfg, val, labeled, unlabeled) -> tuple[str, float]:
+    """Mean Dice of the ACTION++ weights that model.pt does not hold (student or teacher), exported the
+    same way (BatchNorm statistics re-estimated on clean training images, ``export_bn_batches``)."""
     other = "student" if cfg.export_weights == "teacher" else "teacher"
     state = load_checkpoint(run_dir / "checkpoint.pt", map_location="cpu")
-    model = build_network(cfg)
-    model.load_state_dict(state[other])
-    model.eval()
+    network = build_network(cfg)
+    network.load_state_dict(state[other])
+    model = export_network(cfg, network, BatchSource(cfg, labeled, unlabeled, torch.device("cpu")))
     return other, evaluate_cases(model, cfg, val).summary["mean"]["dice"]
 
 
@@ -128,7 +131,7 @@ def main() -> int:
                                f"seed {seed}, {name}: {args.labeled} labeled patients, validation volumes "
                                f"({seconds:.0f} s training)"), flush=True)
             if mode == "actionpp":
-                other, dice = _other_weights_dice(run_dir, run_cfg, val)
+                other, dice = _other_weights_dice(run_dir, run_cfg, val, train_set.labeled, train_set.unlabeled)
                 print(f"  (ACTION++ {other} weights, not exported: mean Dice {100 * dice:.2f}; exported: "
                       f"{run_cfg.export_weights})", flush=True)
             print(flush=True)

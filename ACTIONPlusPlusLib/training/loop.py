@@ -38,6 +38,7 @@ from ..schedules import ats_temperature, ema_update, poly_lr, set_lr, sigmoid_ra
 from .batches import BatchSource
 from .checkpoint import load_checkpoint, save_checkpoint
 from .events import Callback, ProgressTracker
+from .export import export_network
 from .finetune import FinetuneHeads, FinetuneStep, SupervisedStep
 from .pretrain import ISDHeads, PretrainStep
 
@@ -117,6 +118,19 @@ class Trainer:
     def autocast(self):
         with device_autocast(self.device, self.cfg.amp, self.amp_dtype):
             yield
+
+    def exported_network(self) -> nn.Module:
+        """The network for ``model.pt``: a copy of the teacher or the student (``export_weights``; the
+        student in supervised mode), see training/export.py.  The student's BatchNorm statistics were
+        gathered with dropout on and on augmented (in ACTION++ mixed) images, so they are re-estimated
+        on clean training images (``export_bn_batches``); a teacher that ran without dropout on clean
+        views keeps its own.  The run's own networks and generators are untouched."""
+        use_teacher = self.cfg.mode == "actionpp" and self.cfg.export_weights == "teacher"
+        batches = 0 if use_teacher and not self.cfg.teacher_dropout else self.cfg.export_bn_batches
+        if batches > 0:
+            self.tracker.emit({"event": "stage", "stage": "export", "phase": "export", "total": batches})
+        return export_network(self.cfg.replace(export_bn_batches=batches), self.teacher if use_teacher else self.student,
+                              self.batches, self.autocast)
 
     def _optimizer_for(self, phase: Phase) -> torch.optim.Optimizer:
         params = list(self.student.parameters())
@@ -450,8 +464,7 @@ def train(cfg: Config, labeled: list[Case], unlabeled: list[Case], out_dir: str 
             raise run.training_error(exc) from exc
         model_path = None
         if not stopped and dist_utils.is_main_process():
-            exported = trainer.teacher if cfg.mode == "actionpp" and cfg.export_weights == "teacher" else trainer.student
-            model_path = save_model(out_dir / MODEL_NAME, exported, cfg, iterations=trainer.tracker.overall_total,
+            model_path = save_model(out_dir / MODEL_NAME, trainer.exported_network(), cfg, iterations=trainer.tracker.overall_total,
                                     dataset=fingerprint)
         dist_utils.barrier()
     finally:

@@ -237,6 +237,9 @@ class ProgressTracker:
             if stage == "predict":
                 self.status = f"Predicting {total} volume(s)" if total is not None else "Predicting"
                 return self.status
+            if stage == "export":
+                self.status = f"Saving the model (BatchNorm statistics over {total} batches of training images)"
+                return self.status
             if total is not None:
                 self.stage_totals[stage] = max(int(total), self.stage_totals.get(stage, 0))
             self.status = stage_title(stage, event.get("phase"), self.two_stages)
