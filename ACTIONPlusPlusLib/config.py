@@ -130,6 +130,9 @@ class Config:
     # image over the box, which usually covers the centred heart: the teacher's labels of unlabeled
     # foreground were then almost never taught (issue 9's diagnostics: taught RV/Myo/LV ~0.1 %)
     mix_bidirectional: bool = False
+    # the share of a batch's unlabeled images that are mixed (the first round(share * n)); the others go
+    # through the strong view whole, so the teacher's labels of their own anatomy are taught (README)
+    mix_share: float = 1.0
     # pseudo-label loss (issue 9): "pixel" = CE on the pixels whose teacher confidence passes their
     # class's threshold, over all pixels; "image" = spec 6.3 (per-image weight, no pixel mask)
     pseudo_loss: str = "pixel"
@@ -261,6 +264,8 @@ class Config:
             raise ValueError("budget fractions must be >= 0 and leave room for fine-tuning (sum < 1)")
         if not 0 <= self.rampup_fraction <= 1:
             raise ValueError("rampup_fraction must be in [0, 1]")
+        if not 0 <= self.mix_share <= 1:
+            raise ValueError(f"mix_share must be in [0, 1], got {self.mix_share}")
         if not 0 < self.cutmix_depth_fraction <= 1:
             raise ValueError(f"cutmix_depth_fraction must be in (0, 1], got {self.cutmix_depth_fraction}")
         if self.mix not in ("cutmix", "classmix", "none"):

@@ -104,3 +104,28 @@ def test_blur_and_jitter_are_identity_with_probability_zero_and_change_otherwise
     assert torch.allclose(augment.jitter(image, 0.2, gen, p=0.0), image, atol=1e-6)
     jittered = augment.jitter(image, 0.2, gen, p=1.0)
     assert not torch.allclose(jittered, image, atol=1e-3)
+
+
+@pytest.mark.parametrize("spatial", [(16, 16), (16, 16, 8)])
+def test_mix_share_leaves_the_tail_of_the_batch_unmixed(spatial):
+    gen = torch.Generator().manual_seed(0)
+    masks = augment.cutmix_masks(4, spatial, gen, torch.device("cpu"))
+    assert (masks == 0).any(dim=tuple(range(1, masks.dim()))).all()  # every sample has a box
+    half = augment.unmixed_tail(masks, 0.5)
+    assert torch.equal(half[:2], masks[:2])  # the first round(0.5 * 4) keep their boxes
+    assert bool((half[2:] == 1).all())  # the others are kept whole: nothing pasted
+    assert augment.unmixed_tail(masks, 1.0) is masks  # the default changes nothing
+    assert bool((augment.unmixed_tail(masks, 0.0) == 1).all())
+    # with a labeled partner, the unmixed samples take no labeled pixel
+    image, labels = torch.rand(4, 1, *spatial), torch.zeros(4, *spatial, dtype=torch.long)
+    conf = torch.full((4, *spatial), 0.5)
+    partner, partner_labels = torch.rand(4, 1, *spatial), torch.ones(4, *spatial, dtype=torch.long)
+    mixed, _, _, from_partner = augment.mix_pair(image, labels, conf, partner, partner_labels, half)
+    assert from_partner[:2].any() and not from_partner[2:].any()
+    assert torch.equal(mixed[2:], image[2:])
+
+
+@pytest.mark.parametrize("share", [-0.1, 1.5])
+def test_a_mix_share_outside_zero_to_one_is_refused_by_name(share):
+    with pytest.raises(ValueError, match="mix_share"):
+        preset("acdc", mix_share=share)

@@ -158,6 +158,15 @@ def alternate_masks(masks: torch.Tensor) -> torch.Tensor:
     return torch.where(flip, 1 - masks, masks)
 
 
+def unmixed_tail(masks: torch.Tensor, share: float) -> torch.Tensor:
+    """Masks with every sample from index ``round(share * n)`` on set to 1 (keep the sample whole)."""
+    keep = int(round(float(share) * masks.shape[0]))
+    if keep >= masks.shape[0]:
+        return masks
+    tail = (torch.arange(masks.shape[0], device=masks.device) >= keep).view(-1, *([1] * (masks.dim() - 1)))
+    return torch.where(tail, torch.ones_like(masks), masks)
+
+
 def mix_pair(image: torch.Tensor, labels: torch.Tensor, conf: torch.Tensor, partner_image: torch.Tensor,
              partner_labels: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Copy-paste between two batches (bidirectional copy-paste, BCP): ``x * M + partner * (1 - M)``.

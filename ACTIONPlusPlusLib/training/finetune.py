@@ -190,9 +190,10 @@ class FinetuneStep:
         x_s = x_u
         from_labeled = torch.zeros_like(pseudo, dtype=torch.bool)
         if masks is not None:
+            if cfg.mix_partner == "labeled" and cfg.mix_bidirectional:
+                masks = augment.alternate_masks(masks)
+            masks = augment.unmixed_tail(masks, cfg.mix_share)
             if cfg.mix_partner == "labeled":
-                if cfg.mix_bidirectional:
-                    masks = augment.alternate_masks(masks)
                 x_s, pseudo, conf, from_labeled = augment.mix_pair(x_u, pseudo, conf, x_l, y_l, masks)
             else:
                 x_s, pseudo, conf = augment.mix(x_u, pseudo, conf, masks)
