@@ -41,13 +41,14 @@ from ACTIONPlusPlusLib.training.export import export_network  # noqa: E402
 
 
 def _other_weights_dice(run_dir: Path, cfg, val, labeled, unlabeled) -> tuple[str, float]:
-    """Mean Dice of the ACTION++ weights that model.pt does not hold (student or teacher), exported the
-    same way (BatchNorm statistics re-estimated on clean training images, ``export_bn_batches``)."""
+    """Mean Dice of the ACTION++ weights that model.pt does not hold (student or teacher), exported as
+    train() would export them (training/export.py)."""
     other = "student" if cfg.export_weights == "teacher" else "teacher"
     state = load_checkpoint(run_dir / "checkpoint.pt", map_location="cpu")
     network = build_network(cfg)
     network.load_state_dict(state[other])
-    model = export_network(cfg, network, BatchSource(cfg, labeled, unlabeled, torch.device("cpu")))
+    model = export_network(cfg, network, BatchSource(cfg, labeled, unlabeled, torch.device("cpu")),
+                           teacher=other == "teacher")
     return other, evaluate_cases(model, cfg, val).summary["mean"]["dice"]
 
 

@@ -19,7 +19,7 @@ from typing import Callable, ContextManager, Iterable, Iterator
 import torch
 from torch import Tensor, nn
 
-__all__ = ["clean_batches", "export_network", "plain_batchnorm", "recalibrate_batchnorm"]
+__all__ = ["clean_batches", "export_network", "plain_batchnorm", "recalibrate_batchnorm", "recalibration_batches"]
 
 
 def plain_batchnorm(model: nn.Module, dim: int) -> nn.Module:
@@ -87,15 +87,22 @@ def clean_batches(cfg, source, count: int, seed: int, with_unlabeled: bool) -> I
         yield x
 
 
-def export_network(cfg, network: nn.Module, source, autocast: Callable[[], ContextManager] = nullcontext
-                   ) -> nn.Module:
-    """A copy of ``network`` (student or teacher) for ``model.pt``: plain BatchNorm, its statistics
-    re-estimated over ``cfg.export_bn_batches`` clean training batches (:func:`clean_batches`; unlabeled
-    images too in ACTION++ mode; 0 keeps the running statistics of training)."""
+def recalibration_batches(cfg, teacher: bool) -> int:
+    """How many clean batches re-estimate the exported network's statistics: ``cfg.export_bn_batches``
+    for a student (it trained with dropout on augmented images), 0 for a teacher that ran without
+    dropout (``teacher_dropout=False``: its statistics are already those of clean views)."""
+    return 0 if teacher and not cfg.teacher_dropout else int(cfg.export_bn_batches)
+
+
+def export_network(cfg, network: nn.Module, source, autocast: Callable[[], ContextManager] = nullcontext,
+                   teacher: bool = False) -> nn.Module:
+    """A copy of ``network`` for ``model.pt``: plain BatchNorm, its statistics re-estimated over
+    :func:`recalibration_batches` clean training batches (:func:`clean_batches`; unlabeled images too in
+    ACTION++ mode).  ``teacher``: ``network`` is the EMA teacher."""
     model = plain_batchnorm(copy.deepcopy(network), cfg.dim)
     model.eval()
-    if cfg.export_bn_batches > 0:
+    count = recalibration_batches(cfg, teacher)
+    if count > 0:
         with_unlabeled = cfg.mode == "actionpp" and getattr(source, "n_unl", 0) > 0
-        recalibrate_batchnorm(model, clean_batches(cfg, source, cfg.export_bn_batches, cfg.seed + 101, with_unlabeled),
-                              autocast)
+        recalibrate_batchnorm(model, clean_batches(cfg, source, count, cfg.seed + 101, with_unlabeled), autocast)
     return model

@@ -38,7 +38,7 @@ from ..schedules import ats_temperature, ema_update, poly_lr, set_lr, sigmoid_ra
 from .batches import BatchSource
 from .checkpoint import load_checkpoint, save_checkpoint
 from .events import Callback, ProgressTracker
-from .export import export_network
+from .export import export_network, recalibration_batches
 from .finetune import FinetuneHeads, FinetuneStep, SupervisedStep
 from .pretrain import ISDHeads, PretrainStep
 
@@ -126,11 +126,11 @@ class Trainer:
         on clean training images (``export_bn_batches``); a teacher that ran without dropout on clean
         views keeps its own.  The run's own networks and generators are untouched."""
         use_teacher = self.cfg.mode == "actionpp" and self.cfg.export_weights == "teacher"
-        batches = 0 if use_teacher and not self.cfg.teacher_dropout else self.cfg.export_bn_batches
+        batches = recalibration_batches(self.cfg, use_teacher)
         if batches > 0:
             self.tracker.emit({"event": "stage", "stage": "export", "phase": "export", "total": batches})
-        return export_network(self.cfg.replace(export_bn_batches=batches), self.teacher if use_teacher else self.student,
-                              self.batches, self.autocast)
+        return export_network(self.cfg, self.teacher if use_teacher else self.student, self.batches, self.autocast,
+                              teacher=use_teacher)
 
     def _optimizer_for(self, phase: Phase) -> torch.optim.Optimizer:
         params = list(self.student.parameters())
