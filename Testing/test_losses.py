@@ -66,6 +66,23 @@ def test_supervised_perfect_prediction_and_fp32() -> None:
     assert dice_loss(logits2, torch.zeros(1, 2, 2, dtype=torch.long)).item() == pytest.approx(0.0, abs=1e-6)
 
 
+@pytest.mark.parametrize("spatial", [(6, 5), (4, 3, 5)])
+def test_masked_dice_is_the_dice_of_the_masked_pixels_alone(spatial) -> None:
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(2, 4, *spatial, generator=g, requires_grad=True)
+    target = torch.randint(0, 4, (2, *spatial), generator=g)
+    mask = torch.rand(2, *spatial, generator=g) < 0.4
+    picked_logits = logits.movedim(1, -1)[mask].T[None]  # (1, C, K): the masked pixels only
+    expected = dice_loss(picked_logits, target[mask][None])
+    got = dice_loss(logits, target, mask)
+    assert got.item() == pytest.approx(expected.item(), abs=1e-6)
+    assert got.item() != pytest.approx(dice_loss(logits, target).item(), abs=1e-3)  # the mask matters
+    got.backward()
+    assert bool((logits.grad.movedim(1, -1)[~mask] == 0).all())  # no gradient outside the mask
+    empty = dice_loss(logits, target, torch.zeros_like(mask))
+    assert empty.item() == pytest.approx(0.0, abs=1e-6)  # nothing pasted: no loss
+
+
 # --------------------------------------------------------------------------------------------- instance
 
 

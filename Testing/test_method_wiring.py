@@ -109,6 +109,36 @@ def test_pseudo_labels_come_from_the_teacher(cardiac, tmp_path) -> None:
     assert diagnostics["pseudo_fraction"][2] == pytest.approx(0.0)
 
 
+def test_pasted_dice_adds_half_the_dice_of_the_pasted_pixels(cardiac, tmp_path, monkeypatch) -> None:
+    from ACTIONPlusPlusLib.training import finetune
+
+    trainer = _finetune_trainer(cardiac, tmp_path)
+    host, dev = trainer.host_gen.get_state(), trainer.dev_gen.get_state()
+    calls: list[tuple[torch.Tensor, torch.Tensor]] = []
+    original = finetune.dice_loss
+
+    def recording(logits, target, mask=None):
+        out = original(logits, target, mask)
+        calls.append((out.detach(), mask))
+        return out
+
+    monkeypatch.setattr(finetune, "dice_loss", recording)
+    parts = {}
+    for on in (False, True):  # the same draws and dropout masks for both
+        trainer.host_gen.set_state(host)
+        trainer.dev_gen.set_state(dev)
+        torch.manual_seed(0)
+        cfg = trainer.cfg.replace(pasted_dice=on)
+        step = FinetuneStep(cfg, trainer.student, trainer.teacher, trainer.ft)
+        parts[on] = step(trainer.batches, trainer.host_gen, trainer.dev_gen, 0.5, trainer.autocast, 1.0)[1]
+    assert len(calls) == 1  # only with pasted_dice, and only over the pasted pixels
+    value, mask = calls[0]
+    assert mask is not None and mask.any() and not mask.all()
+    assert value > 0
+    assert parts[True]["pasted"].item() == pytest.approx((parts[False]["pasted"] + 0.5 * value).item(), rel=1e-5)
+    assert parts[True]["sup"].item() == pytest.approx(parts[False]["sup"].item(), rel=1e-6)
+
+
 def test_geometric_3d_moves_image_and_label_together() -> None:
     g = torch.Generator().manual_seed(0)
     image = torch.randn(6, 1, 8, 8, 4, generator=g)

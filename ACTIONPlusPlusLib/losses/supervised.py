@@ -48,14 +48,18 @@ def one_hot(target: Tensor, num_classes: int, dtype: torch.dtype = torch.float32
 
 
 @fp32_loss
-def dice_loss(logits: Tensor, target: Tensor) -> Tensor:
+def dice_loss(logits: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
     """Soft Dice over the whole batch for every class including background (spec 5.3).
 
     ``dice_c = (2 sum p_c y_c + 1e-5) / (sum p_c^2 + sum y_c^2 + 1e-5)`` with ``p = softmax(logits, 1)``;
     returns ``mean_c (1 - dice_c)``.  ``logits`` (N, C, *S), ``target`` (N, *S) integer; 2D or 3D.
+    ``mask`` (N, *S) bool: the sums run over these pixels only (an empty mask gives 0).
     """
     probs = torch.softmax(logits.float(), dim=1)
     onehot = one_hot(target, probs.shape[1])
+    if mask is not None:
+        keep = mask.unsqueeze(1).float()
+        probs, onehot = probs * keep, onehot * keep
     dims = [0] + list(range(2, probs.dim()))
     intersect = (probs * onehot).sum(dims)
     p_sq = (probs * probs).sum(dims)

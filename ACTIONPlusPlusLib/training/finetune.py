@@ -4,6 +4,8 @@
 Beyond the spec (issue 9, README "Design decisions"): pseudo-labels are made class-aware
 (distribution alignment of the teacher's probabilities to the labeled class prior, per-class
 confidence thresholds) and masked per pixel, and the unsupervised and contrastive weights ramp up.
+The strong view pastes a labeled image (with its ground truth) into each unlabeled one; its pasted
+pixels are taught with CE and soft Dice like the labeled batch (``pasted_dice``).
 
 Cost (issue 10): one student forward over labeled + strong unlabeled images and one teacher forward
 over labeled + weak unlabeled images (``fused_forward``); the representation head is evaluated densely
@@ -23,7 +25,7 @@ from torch import Tensor, nn
 from ..distributed import all_gather_cat
 from ..losses.anco import anco_loss, gather_pixels
 from ..losses.saacl import SAACL
-from ..losses.supervised import fp32_loss, one_hot, supervised_loss
+from ..losses.supervised import dice_loss, fp32_loss, one_hot, supervised_loss
 from ..losses.unsupervised import balanced_mask, masked_pseudo_label_loss, pseudo_label_loss
 from ..models.heads import RepresentationHead, pixel_taps
 from ..schedules import ema_update
@@ -223,8 +225,11 @@ class FinetuneStep:
         losses = {"sup": supervised_loss(logits_l, y_l)}
         if cfg.pseudo_loss == "pixel":
             losses["unsup"] = masked_pseudo_label_loss(logits_u, pseudo, teacher_mask)
-            # the pasted labeled pixels: ground truth in an unlabeled context, never gated
+            # the pasted labeled pixels: ground truth in an unlabeled context, never gated; with
+            # pasted_dice also their soft Dice, as for the labeled batch (CE alone is dominated by background)
             losses["pasted"] = masked_pseudo_label_loss(logits_u, pseudo, from_labeled)
+            if cfg.pasted_dice:
+                losses["pasted"] = losses["pasted"] + 0.5 * dice_loss(logits_u, pseudo, from_labeled)
         else:
             losses["unsup"] = pseudo_label_loss(logits_u, pseudo, conf, cfg.strong_threshold)
             losses["pasted"] = torch.zeros_like(losses["sup"])
