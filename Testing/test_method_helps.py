@@ -6,12 +6,12 @@ iterations, seed and network; ACTION++ also gets the other training slices witho
 on the 20 validation volumes.
 
 Margins, from the measurements (one thread, ``bench/small_acdc.py --seeds 1337,1``): ACTION++
-54.13 / 56.20 against supervised-only 48.78 / 52.01, i.e. +5.35 and +4.19 points.  The supervised
-model is exported with BatchNorm statistics re-estimated on clean images (training/export.py); before
-that fix it scored 44.84 / 33.31 and the margins looked like +9 and +23.  The test asks for +3 on each
-seed: room for the run-to-run noise of another thread count, while the spec's configuration (9.30
-against 40.86 at seed 1337) fails it by far.  The issue's +5 on the mean of seeds 1337, 1, 2 is not met
-with the fixed baseline (+4.34; README).  About 6 minutes on two cores.
+57.35 / 61.00 against supervised-only 48.78 / 52.01, i.e. +8.57 and +8.99 points (with the pasted
+labeled pixels taught by CE alone, ``pasted_dice=false``: 54.13 / 56.20, +5.35 and +4.19).  The
+supervised model is exported with BatchNorm statistics re-estimated on clean images
+(training/export.py); before that fix it scored 44.84 / 33.31.  The test asks for the issue's +5 on
+the mean and +3 on each seed: room for the run-to-run noise of another thread count, while the spec's
+configuration (9.30 against 40.86 at seed 1337) fails it by far.  About 6 minutes on two cores.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from ACTIONPlusPlusLib.training import train
 
 SEEDS = (1337, 1)
 PER_SEED_MARGIN = 0.03
+MEAN_MARGIN = 0.05
 
 
 @pytest.mark.slow
@@ -46,3 +47,5 @@ def test_actionpp_beats_supervised_only_at_the_quick_budget(acdc_root, tmp_path)
     report = {mode: [round(100 * v, 2) for v in values] for mode, values in dice.items()}
     for ours, theirs in zip(dice["actionpp"], dice["supervised"]):
         assert ours >= theirs + PER_SEED_MARGIN, report
+    mean = {mode: sum(values) / len(values) for mode, values in dice.items()}
+    assert mean["actionpp"] >= mean["supervised"] + MEAN_MARGIN, report
