@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
 # The CUDA checks of one GPU lease, in one command (device time is short: each step has its own limit
-# and the whole script fits in ~8 minutes on an H100/H200).  Figures go to OUTDIR/<step>.txt.
+# and the whole script ends by TOTAL seconds, 560 unless set).  Figures go to OUTDIR/<step>.txt.
 #
 #     bench/gpu_checks.sh OUTDIR [LA_DATA]
 #
-# 1. bench/train_step.py --device cuda --shape real   each stage's step against a supervised step
-# 2. bench/infer.py --device cuda                     seconds per volume, bf16 labels against fp32
-# 3. bench/small_la.py --device cuda                  LA 4 + 12 unlabeled, 8 held out, seeds 1337,1,2
+# 1. bench/train_step.py --device cuda --shape real --profile 5
+#                          each stage's step against a supervised step; wall against GPU kernel time
+# 2. bench/infer.py --device cuda      seconds per volume, bf16 labels against fp32
+# 3. bench/small_la.py --device cuda --budget 2000, seeds 1337, 1, 2, both arms (LA 4 + 12 unlabeled,
+#    8 held out): the six arms run at once, each its own process on the one GPU, so that they fit in
+#    what is left of the lease (the timings above are taken alone, before them).
 set -u
 OUT=${1:-gpu_checks}
 LA=${2:-../shared/data/LA}
 PY=${PYTHON:-python3}
+TOTAL=${TOTAL:-560}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 
@@ -19,12 +23,30 @@ step() {
   shift 2
   echo "== $name (limit ${limit} s): $*"
   local start=$SECONDS
-  timeout "$limit" "$@" 2>&1 | tee "$OUT/$name.txt"
+  timeout "$limit" "$@" 2>&1 | grep -v "USDT:" | tee "$OUT/$name.txt"
   echo "== $name: exit ${PIPESTATUS[0]} after $((SECONDS - start)) s"
 }
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
-$PY -c "import torch; print('torch', torch.__version__, 'CUDA', torch.version.cuda)" | tee -a "$OUT/gpu.txt"
-step train_step 170 $PY bench/train_step.py --device cuda --shape real --iterations 10 --rounds 2 --warm 3
-step infer 80 $PY bench/infer.py --device cuda --repeats 3
-step small_la 240 $PY bench/small_la.py --data "$LA" --device cuda --seeds 1337,1,2 --out /tmp/small_la
+$PY -c "import torch, h5py, scipy, medpy.metric; print('torch', torch.__version__, 'CUDA', torch.version.cuda)" 2>&1 | tee -a "$OUT/gpu.txt"
+step train_step 200 $PY bench/train_step.py --device cuda --shape real --iterations 10 --rounds 2 --warm 3 --profile 5
+step infer 60 $PY bench/infer.py --device cuda --repeats 3
+
+left=$((TOTAL - SECONDS - 10))
+echo "== small_la: six arms at once, limit ${left} s"
+start=$SECONDS
+for seed in 1337 1 2; do
+  for arm in actionpp supervised; do
+    OMP_NUM_THREADS=2 timeout "$left" $PY bench/small_la.py --data "$LA" --device cuda --budget 2000 --seeds "$seed" \
+      --arms "$arm" --out "/tmp/la_${arm}_$seed" > "/tmp/la_${arm}_$seed.log" 2>&1 &
+  done
+done
+wait
+echo "== small_la: done after $((SECONDS - start)) s"
+for f in /tmp/la_*.log; do
+  echo "== $f"
+  grep -v "^  \[" "$f"
+  echo "-- last progress lines:"
+  grep "^  \[" "$f" | tail -4
+done > "$OUT/small_la.txt"
+grep -h "mean Dice" /tmp/la_*.log

@@ -48,6 +48,8 @@ def main() -> int:
                         help="config override for the ACTION++ arm (ablations)")
     parser.add_argument("--arms", type=arms_argument, default="actionpp,supervised", help="which arms to run (ablations: actionpp)")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "small_la")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue each arm from its checkpoint in --out (an arm cut off, e.g. by a lease's end)")
     args = parser.parse_args()
     if not args.data.is_dir():
         print(f"LA data not found at {args.data}", file=sys.stderr)
@@ -78,7 +80,8 @@ def main() -> int:
             run_cfg = base.replace(mode=mode, seed=seed, **(overrides if mode == "actionpp" else {}))
             started = time.perf_counter()
             result = train(run_cfg, labeled, unlabeled if mode == "actionpp" else [], args.out / f"seed{seed}" / mode,
-                           callback=progress_printer(name), overwrite=True)
+                           callback=progress_printer(name),
+                           resume=args.resume, overwrite=not args.resume)
             seconds = time.perf_counter() - started
             model, model_cfg = load_model(result.model_path)
             evaluation = evaluate_cases(model, model_cfg, test)

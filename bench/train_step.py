@@ -10,6 +10,11 @@ is printed next to a supervised-only step (the baseline's) at the same per-arm l
 and the ratio of the two (the supervised step is scaled linearly when the stage's labeled batch differs,
 e.g. LA pre-training 1+1 against the 2-image supervised step).
 
+``--profile N`` profiles N fine-tuning and N supervised steps after the timing and prints, per
+step, the wall time, the time the GPU spent in kernels and the host's time in operators, then the
+operators that take the most GPU time: a wall time well above the kernel time means the step is bound
+by the host (launches, syncs), not by the GPU.
+
 ``--ops`` also prints the operator calls of one step of each stage (top-level ATen calls, the torch
 profiler's count; on the CPU also as the CUDA path runs the step): on a GPU each is at least one kernel
 launch, so a step of small tensors can be bound by their host-side cost before it is bound by the GPU.
@@ -107,13 +112,42 @@ def _operator_calls(trainer: Trainer, as_on_cuda: bool = False) -> int:
                if e.name.startswith("aten::") and not (e.cpu_parent is not None and e.cpu_parent.name.startswith("aten::")))
 
 
+def _profile_steps(trainer: Trainer, steps: int, label: str) -> None:
+    """Wall time against GPU kernel time per step over ``steps`` profiled steps (kernel time 0 on the CPU)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    device = trainer.device
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    _sync(device)
+    with profile(activities=activities) as prof:
+        started = time.perf_counter()
+        for _ in range(steps):
+            trainer.step_once(trainer.phases[trainer.phase_index])
+            trainer.iteration += 1
+        _sync(device)
+        wall = (time.perf_counter() - started) / steps
+    from torch.autograd import DeviceType
+
+    averages = prof.key_averages()
+    # The device's own events (kernels, copies), as the table's "Self CUDA time total" counts them: the
+    # ATen operators that launched them report the same time again, so summing every row counts it twice.
+    on_device = [e for e in averages if e.device_type == DeviceType.CUDA and not e.is_user_annotation]
+    kernel_ms = sum(e.self_device_time_total for e in on_device) / 1000 / steps
+    kernels = sum(e.count for e in on_device) / steps
+    print(f"-- profile {label}: wall {wall * 1000:.1f} ms/step under the profiler, GPU {kernel_ms:.1f} ms/step in "
+          f"{kernels:.0f} kernels and copies; GPU busy {100 * kernel_ms / (wall * 1000):.0f} % of the wall time",
+          flush=True)
+    sort = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(averages.table(sort_by=sort, row_limit=18, max_name_column_width=48), flush=True)
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
 def bench(name: str, shape: str, device: torch.device, iters: int, warm: int, rounds: int = 3,
-          count_ops: bool = False) -> list[str]:
+          count_ops: bool = False, profile_steps: int = 0) -> list[str]:
     """Each stage's step next to a supervised step at the same per-arm batch and shape, and the ratio.
 
     The stages are timed in interleaved rounds (``iters`` iterations of each stage per round, best round
@@ -147,6 +181,9 @@ def bench(name: str, shape: str, device: torch.device, iters: int, warm: int, ro
                 ops[phase] = f"  {_operator_calls(trainer)} operator calls/step"
                 if device.type == "cpu":
                     ops[phase] += f" ({_operator_calls(trainer, as_on_cuda=True)} as the CUDA path runs it)"
+        if profile_steps:
+            for phase in ("finetune", "supervised"):
+                _profile_steps(trainers[phase], profile_steps, f"{name} {shape} {phase}")
     lines = []
     sup_seconds = best["supervised"]
     for phase in phases:
@@ -177,6 +214,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--warm", type=int, default=2)
     parser.add_argument("--ops", action="store_true", help="also count the operator calls of one step per stage")
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="profile N fine-tuning and N supervised steps (wall vs GPU kernel time, top operators)")
     parser.add_argument("--acdc-size", type=int, default=64, help="ACDC patch edge for the reduced shape (64, 128)")
     args = parser.parse_args()
     REDUCED["acdc"]["patch_size"] = [args.acdc_size, args.acdc_size]
@@ -186,7 +225,7 @@ def main() -> None:
           + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else f" ({os.cpu_count()} CPU cores, {torch.get_num_threads()} threads)"))
     for shape in shapes:
         for name in args.presets.split(","):
-            bench(name, shape, device, args.iterations, args.warm, args.rounds, args.ops)
+            bench(name, shape, device, args.iterations, args.warm, args.rounds, args.ops, args.profile)
 
 
 if __name__ == "__main__":
