@@ -15,6 +15,11 @@ step, the wall time, the time the GPU spent in kernels and the host's time in op
 operators that take the most GPU time: a wall time well above the kernel time means the step is bound
 by the host (launches, syncs), not by the GPU.
 
+``--compile MODE`` compiles the student and the teacher in place (``nn.Module.compile``, torch.compile's
+``default``, ``reduce-overhead`` (CUDA graphs) or ``max-autotune-no-cudagraphs``) before the warm-up
+iterations: a trial of fewer launches per step for the host-bound ACDC step on a GPU; the product does
+not compile (not measured yet).
+
 ``--ops`` also prints the operator calls of one step of each stage (top-level ATen calls, the torch
 profiler's count; on the CPU also as the CUDA path runs the step): on a GPU each is at least one kernel
 launch, so a step of small tensors can be bound by their host-side cost before it is bound by the GPU.
@@ -63,7 +68,7 @@ def _cases(cfg, n: int, labeled: bool, rng: np.random.Generator) -> list[Case]:
     return out
 
 
-def _trainer(name: str, shape: str, device: torch.device, phase: str, tmp: str) -> Trainer:
+def _trainer(name: str, shape: str, device: torch.device, phase: str, tmp: str, compile_mode: str | None = None) -> Trainer:
     overrides = dict(REDUCED[name]) if shape == "reduced" else {}
     counts = {"pretrain_warmup_iterations": 0, "pretrain_joint_iterations": 0, "finetune_iterations": 0}
     if phase == "supervised":
@@ -78,6 +83,9 @@ def _trainer(name: str, shape: str, device: torch.device, phase: str, tmp: str) 
     trainer.prepare()
     trainer.phase_index = next(i for i, p in enumerate(trainer.phases) if p.iterations)
     trainer._begin_phase(trainer.phases[trainer.phase_index])
+    if compile_mode:
+        for network in {id(m): m for m in (trainer.train_student, trainer.teacher)}.values():
+            network.compile(mode=compile_mode)
     return trainer
 
 
@@ -147,15 +155,16 @@ def _sync(device: torch.device) -> None:
 
 
 def bench(name: str, shape: str, device: torch.device, iters: int, warm: int, rounds: int = 3,
-          count_ops: bool = False, profile_steps: int = 0) -> list[str]:
+          count_ops: bool = False, profile_steps: int = 0, compile_mode: str | None = None,
+          phases: tuple[str, ...] = ("warmup", "joint", "finetune", "supervised")) -> list[str]:
     """Each stage's step next to a supervised step at the same per-arm batch and shape, and the ratio.
 
     The stages are timed in interleaved rounds (``iters`` iterations of each stage per round, best round
     kept), so that a busy machine slows them alike; ``Trainer.step_once`` is the loop's own iteration.
     """
-    phases = ("warmup", "joint", "finetune", "supervised")
+    phases = tuple(p for p in ("warmup", "joint", "finetune") if p in phases) + ("supervised",)
     with tempfile.TemporaryDirectory() as tmp:
-        trainers = {phase: _trainer(name, shape, device, phase, tmp) for phase in phases}
+        trainers = {phase: _trainer(name, shape, device, phase, tmp, compile_mode) for phase in phases}
         best = {phase: float("inf") for phase in phases}
         peaks = {}
         for phase, trainer in trainers.items():  # warm-up iterations (allocator, kernels, queues)
@@ -182,7 +191,7 @@ def bench(name: str, shape: str, device: torch.device, iters: int, warm: int, ro
                 if device.type == "cpu":
                     ops[phase] += f" ({_operator_calls(trainer, as_on_cuda=True)} as the CUDA path runs it)"
         if profile_steps:
-            for phase in ("finetune", "supervised"):
+            for phase in [p for p in ("finetune", "supervised") if p in trainers]:
                 _profile_steps(trainers[phase], profile_steps, f"{name} {shape} {phase}")
     lines = []
     sup_seconds = best["supervised"]
@@ -216,6 +225,10 @@ def main() -> None:
     parser.add_argument("--ops", action="store_true", help="also count the operator calls of one step per stage")
     parser.add_argument("--profile", type=int, default=0, metavar="N",
                         help="profile N fine-tuning and N supervised steps (wall vs GPU kernel time, top operators)")
+    parser.add_argument("--compile", default=None, choices=["default", "reduce-overhead", "max-autotune-no-cudagraphs"],
+                        help="torch.compile the student and teacher in place (a trial; the product does not compile)")
+    parser.add_argument("--phases", default="warmup,joint,finetune,supervised",
+                        help="which stages to time (supervised is always timed: it is the reference)")
     parser.add_argument("--acdc-size", type=int, default=64, help="ACDC patch edge for the reduced shape (64, 128)")
     args = parser.parse_args()
     REDUCED["acdc"]["patch_size"] = [args.acdc_size, args.acdc_size]
@@ -225,7 +238,8 @@ def main() -> None:
           + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else f" ({os.cpu_count()} CPU cores, {torch.get_num_threads()} threads)"))
     for shape in shapes:
         for name in args.presets.split(","):
-            bench(name, shape, device, args.iterations, args.warm, args.rounds, args.ops, args.profile)
+            bench(name, shape, device, args.iterations, args.warm, args.rounds, args.ops, args.profile, args.compile,
+                  tuple(args.phases.split(",")))
 
 
 if __name__ == "__main__":
