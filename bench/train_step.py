@@ -20,6 +20,10 @@ by the host (launches, syncs), not by the GPU.
 iterations: a trial of fewer launches per step for the host-bound ACDC step on a GPU; the product does
 not compile (not measured yet).
 
+``--op-sites`` prints, for one fine-tuning step, the operators the dispatcher runs grouped by the
+function of ACTIONPlusPlusLib that called them (the backward counts where ``backward()`` is called),
+to show which parts of the method issue the launches.
+
 ``--ops`` also prints the operator calls of one step of each stage (top-level ATen calls, the torch
 profiler's count; on the CPU also as the CUDA path runs the step): on a GPU each is at least one kernel
 launch, so a step of small tensors can be bound by their host-side cost before it is bound by the GPU.
@@ -28,6 +32,7 @@ launch, so a step of small tensors can be bound by their host-side cost before i
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import resource
 import sys
@@ -89,22 +94,17 @@ def _trainer(name: str, shape: str, device: torch.device, phase: str, tmp: str, 
     return trainer
 
 
-def _operator_calls(trainer: Trainer, as_on_cuda: bool = False) -> int:
-    """Top-level ATen operator calls of one ``step_once`` (forward, backward, optimiser, EMA).
-
-    ``as_on_cuda``: count on the CPU what the CUDA path runs, whose choices differ in two places: the
-    optimiser's ``foreach`` kernels (torch's default on CUDA) instead of a loop over tensors, and AnCo's
-    and SAACL's contrast in one chunk instead of cache-sized ones.
-    """
-    import contextlib
+@contextlib.contextmanager
+def _as_on_cuda(trainer: Trainer, active: bool = True):
+    """On the CPU, run what the CUDA path runs where the two differ: the optimiser's ``foreach`` kernels
+    (torch's default on CUDA) instead of a loop over tensors, and AnCo's and SAACL's contrast in one chunk
+    instead of cache-sized ones."""
     from unittest import mock
-
-    from torch.profiler import ProfilerActivity, profile
 
     from ACTIONPlusPlusLib.losses import anco, saacl
 
     with contextlib.ExitStack() as stack:
-        if as_on_cuda:
+        if active:
             contrast = anco.indexed_contrast
             stack.enter_context(mock.patch.object(
                 anco, "indexed_contrast", lambda q, p, r, i, t, chunk=None, row_scale=None:
@@ -113,6 +113,19 @@ def _operator_calls(trainer: Trainer, as_on_cuda: bool = False) -> int:
                 saacl, "logsumexp_matmul", lambda a, keys: saacl._LogSumExpMatmul.apply(a, keys.detach(), keys.shape[0])))
             for group in trainer.optimizer.param_groups:
                 stack.enter_context(mock.patch.dict(group, {"foreach": True}))
+        yield
+
+
+def _operator_calls(trainer: Trainer, as_on_cuda: bool = False) -> int:
+    """Top-level ATen operator calls of one ``step_once`` (forward, backward, optimiser, EMA).
+
+    ``as_on_cuda``: count on the CPU what the CUDA path runs, whose choices differ in two places: the
+    optimiser's ``foreach`` kernels (torch's default on CUDA) instead of a loop over tensors, and AnCo's
+    and SAACL's contrast in one chunk instead of cache-sized ones.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    with _as_on_cuda(trainer, as_on_cuda):
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             trainer.step_once(trainer.phases[trainer.phase_index])
     trainer.iteration += 1
@@ -149,6 +162,39 @@ def _profile_steps(trainer: Trainer, steps: int, label: str) -> None:
     print(averages.table(sort_by=sort, row_limit=18, max_name_column_width=48), flush=True)
 
 
+def _operator_sites(trainer: Trainer, top: int = 25) -> None:
+    """Operators of one ``step_once`` as the dispatcher sees them (after autograd, so the backward's too),
+    counted per calling function of ACTIONPlusPlusLib (innermost frame); on the CPU as the CUDA path runs
+    the step (:func:`_as_on_cuda`)."""
+    import collections
+    import traceback
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    sites: collections.Counter[str] = collections.Counter()
+
+    class _Count(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            frames = [f for f in traceback.extract_stack() if f"ACTIONPlusPlusLib{os.sep}" in f.filename]
+            if frames:
+                module = frames[-1].filename.split(f"ACTIONPlusPlusLib{os.sep}")[-1]
+                sites[f"{module} {frames[-1].name}"] += 1
+            else:
+                sites["(no ACTIONPlusPlusLib frame)"] += 1
+            return func(*args, **(kwargs or {}))
+
+    with _as_on_cuda(trainer, trainer.device.type == "cpu"), _Count():
+        trainer.step_once(trainer.phases[trainer.phase_index])
+    trainer.iteration += 1
+    groups: collections.Counter[str] = collections.Counter()
+    for site, count in sites.items():
+        groups[site.split(" ")[0]] += count
+    print(f"-- dispatched operators of one {trainer.phases[trainer.phase_index].name} step: {sum(sites.values())}")
+    print("   per file: " + ", ".join(f"{g} {c}" for g, c in groups.most_common()))
+    for site, count in sites.most_common(top):
+        print(f"   {count:5d}  {site}")
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -156,7 +202,7 @@ def _sync(device: torch.device) -> None:
 
 def bench(name: str, shape: str, device: torch.device, iters: int, warm: int, rounds: int = 3,
           count_ops: bool = False, profile_steps: int = 0, compile_mode: str | None = None,
-          phases: tuple[str, ...] = ("warmup", "joint", "finetune", "supervised")) -> list[str]:
+          phases: tuple[str, ...] = ("warmup", "joint", "finetune", "supervised"), op_sites: bool = False) -> list[str]:
     """Each stage's step next to a supervised step at the same per-arm batch and shape, and the ratio.
 
     The stages are timed in interleaved rounds (``iters`` iterations of each stage per round, best round
@@ -190,6 +236,9 @@ def bench(name: str, shape: str, device: torch.device, iters: int, warm: int, ro
                 ops[phase] = f"  {_operator_calls(trainer)} operator calls/step"
                 if device.type == "cpu":
                     ops[phase] += f" ({_operator_calls(trainer, as_on_cuda=True)} as the CUDA path runs it)"
+        if op_sites:
+            for phase in [p for p in ("finetune", "supervised") if p in trainers]:
+                _operator_sites(trainers[phase])
         if profile_steps:
             for phase in [p for p in ("finetune", "supervised") if p in trainers]:
                 _profile_steps(trainers[phase], profile_steps, f"{name} {shape} {phase}")
@@ -225,6 +274,8 @@ def main() -> None:
     parser.add_argument("--ops", action="store_true", help="also count the operator calls of one step per stage")
     parser.add_argument("--profile", type=int, default=0, metavar="N",
                         help="profile N fine-tuning and N supervised steps (wall vs GPU kernel time, top operators)")
+    parser.add_argument("--op-sites", action="store_true",
+                        help="count one fine-tuning (and supervised) step's dispatched operators per calling function")
     parser.add_argument("--compile", default=None, choices=["default", "reduce-overhead", "max-autotune-no-cudagraphs"],
                         help="torch.compile the student and teacher in place (a trial; the product does not compile)")
     parser.add_argument("--phases", default="warmup,joint,finetune,supervised",
@@ -239,7 +290,7 @@ def main() -> None:
     for shape in shapes:
         for name in args.presets.split(","):
             bench(name, shape, device, args.iterations, args.warm, args.rounds, args.ops, args.profile, args.compile,
-                  tuple(args.phases.split(",")))
+                  tuple(args.phases.split(",")), args.op_sites)
 
 
 if __name__ == "__main__":
