@@ -139,7 +139,9 @@ class Config:
     # the pasted labeled pixels of the strong view (ground truth) are taught like the labeled batch: CE
     # and soft Dice over the pasted pixels.  False = CE only, dominated by the background, so the pasted
     # anatomy weighed little (README: quick ACDC budget 57.35 / 61.00 / 56.50 / 58.66 / 61.99 against
-    # 54.13 / 56.20 / 52.53 / 56.15 / 55.42 at seeds 1337 / 1 / 2 / 3 / 4)
+    # 54.13 / 56.20 / 52.53 / 56.15 / 55.42 at seeds 1337 / 1 / 2 / 3 / 4).  On LA all three seeds measured
+    # score lower with it (25.54 / 12.76 against 30.15 / 27.85 on the CPU, 45.92 against 56.14 on an H100;
+    # README, an open question)
     pasted_dice: bool = True
     pseudo_threshold: float = 0.95  # base confidence threshold of the pixel mask
     # "classwise": each class's threshold scales with its EMA mean confidence (a class the teacher is
