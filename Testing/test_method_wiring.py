@@ -109,7 +109,10 @@ def test_pseudo_labels_come_from_the_teacher(cardiac, tmp_path) -> None:
     assert diagnostics["pseudo_fraction"][2] == pytest.approx(0.0)
 
 
-def test_pasted_dice_adds_half_the_dice_of_the_pasted_pixels(cardiac, tmp_path, monkeypatch) -> None:
+@pytest.mark.parametrize("weighting", ["share", "half"])
+def test_pasted_dice_adds_the_dice_of_the_pasted_pixels(cardiac, tmp_path, monkeypatch, weighting) -> None:
+    """``share`` weighs the pasted Dice by the pasted pixels' share of the strong view (as the CE term
+    is weighted); ``half`` by 0.5 whatever the share."""
     from ACTIONPlusPlusLib.training import finetune
 
     trainer = _finetune_trainer(cardiac, tmp_path)
@@ -128,15 +131,26 @@ def test_pasted_dice_adds_half_the_dice_of_the_pasted_pixels(cardiac, tmp_path, 
         trainer.host_gen.set_state(host)
         trainer.dev_gen.set_state(dev)
         torch.manual_seed(0)
-        cfg = trainer.cfg.replace(pasted_dice=on)
+        cfg = trainer.cfg.replace(pasted_dice=on, pasted_dice_weight=weighting)
         step = FinetuneStep(cfg, trainer.student, trainer.teacher, trainer.ft)
         parts[on] = step(trainer.batches, trainer.host_gen, trainer.dev_gen, 0.5, trainer.autocast, 1.0)[1]
     assert len(calls) == 1  # only with pasted_dice, and only over the pasted pixels
     value, mask = calls[0]
     assert mask is not None and mask.any() and not mask.all()
     assert value > 0
-    assert parts[True]["pasted"].item() == pytest.approx((parts[False]["pasted"] + 0.5 * value).item(), rel=1e-5)
+    share = mask.float().mean().item()
+    assert 0.3 < share < 0.7 and share != pytest.approx(0.5, abs=1e-4)  # the 2D box: about half, not exactly
+    weight = share if weighting == "share" else 0.5
+    assert parts[True]["pasted"].item() == pytest.approx((parts[False]["pasted"] + weight * value).item(), rel=1e-5)
     assert parts[True]["sup"].item() == pytest.approx(parts[False]["sup"].item(), rel=1e-6)
+
+
+def test_pasted_share_of_the_3d_box_is_an_eighth() -> None:
+    """Why ``share`` differs from ``half`` in 3D: the box covers half the area over a quarter of the depth."""
+    masks = augment.cutmix_masks(64, (64, 64, 48), torch.Generator().manual_seed(0), torch.device("cpu"), 0.25)
+    assert (1 - masks).mean().item() == pytest.approx(0.125, abs=0.01)
+    masks_2d = augment.cutmix_masks(64, (64, 64), torch.Generator().manual_seed(0), torch.device("cpu"))
+    assert (1 - masks_2d).mean().item() == pytest.approx(0.5, abs=0.02)
 
 
 def test_geometric_3d_moves_image_and_label_together() -> None:
@@ -155,3 +169,8 @@ def test_ema_update_is_what_the_trajectory_test_recomputes() -> None:
     expected = [0.9 * t + 0.1 * s for t, s in zip(teacher.parameters(), student.parameters())]
     ema_update(teacher, student, 0.9)
     assert all(torch.allclose(a, b) for a, b in zip(teacher.parameters(), expected))
+
+
+def test_unknown_pasted_dice_weight_is_refused_by_name() -> None:
+    with pytest.raises(ValueError, match="pasted_dice_weight"):
+        preset("acdc").replace(pasted_dice_weight="quarter")

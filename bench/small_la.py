@@ -31,7 +31,7 @@ from ACTIONPlusPlusLib.evaluation import evaluate_cases  # noqa: E402
 from ACTIONPlusPlusLib.metrics import format_table  # noqa: E402
 from ACTIONPlusPlusLib.model_io import load_model  # noqa: E402
 from ACTIONPlusPlusLib.training import train  # noqa: E402
-from small_acdc import arms_argument, progress_printer  # noqa: E402
+from small_acdc import _other_weights_dice, arms_argument, progress_printer  # noqa: E402
 
 
 def main() -> int:
@@ -50,6 +50,9 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "small_la")
     parser.add_argument("--resume", action="store_true",
                         help="continue each arm from its checkpoint in --out (an arm cut off, e.g. by a lease's end)")
+    parser.add_argument("--other-weights", action="store_true",
+                        help="also score the ACTION++ weights model.pt does not hold (the student), exported as "
+                             "train() would export them (one more sliding-window evaluation)")
     args = parser.parse_args()
     if not args.data.is_dir():
         print(f"LA data not found at {args.data}", file=sys.stderr)
@@ -89,6 +92,10 @@ def main() -> int:
             print(format_table(evaluation.summary, base.foreground_names,
                                f"seed {seed}, {name}: {len(labeled)} labeled scans, {len(test)} held-out scans "
                                f"({seconds:.0f} s training)") + "\n", flush=True)
+            if mode == "actionpp" and args.other_weights:
+                other, dice = _other_weights_dice(args.out / f"seed{seed}" / mode, run_cfg, test, labeled, unlabeled)
+                print(f"  (ACTION++ {other} weights, not exported: mean Dice {100 * dice:.2f}; exported: "
+                      f"{run_cfg.export_weights})", flush=True)
     results = {k: v for k, v in results.items() if v}
     if len(results) < 2:
         for name, values in results.items():

@@ -228,8 +228,9 @@ class FinetuneStep:
             # the pasted labeled pixels: ground truth in an unlabeled context, never gated; with
             # pasted_dice also their soft Dice, as for the labeled batch (CE alone is dominated by background)
             losses["pasted"] = masked_pseudo_label_loss(logits_u, pseudo, from_labeled)
-            if cfg.pasted_dice:
-                losses["pasted"] = losses["pasted"] + 0.5 * dice_loss(logits_u, pseudo, from_labeled)
+            if cfg.pasted_dice:  # weighted by the pasted share as the CE term is ("half": 0.5)
+                weight = from_labeled.float().mean() if cfg.pasted_dice_weight == "share" else 0.5
+                losses["pasted"] = losses["pasted"] + weight * dice_loss(logits_u, pseudo, from_labeled)
         else:
             losses["unsup"] = pseudo_label_loss(logits_u, pseudo, conf, cfg.strong_threshold)
             losses["pasted"] = torch.zeros_like(losses["sup"])
