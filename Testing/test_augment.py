@@ -125,6 +125,24 @@ def test_mix_share_leaves_the_tail_of_the_batch_unmixed(spatial):
     assert torch.equal(mixed[2:], image[2:])
 
 
+@pytest.mark.parametrize("spatial", [(16, 16), (16, 16, 8)])
+def test_bidirectional_masks_give_every_other_image_the_box_and_the_labeled_image_around_it(spatial):
+    """BCP's two directions (``mix_bidirectional``): even images take the labeled image inside the box,
+    odd ones keep their own box and take the labeled image around it (teacher labels inside)."""
+    gen = torch.Generator().manual_seed(2)
+    boxes = augment.cutmix_masks(4, spatial, gen, torch.device("cpu"))
+    masks = augment.alternate_masks(boxes)
+    assert torch.equal(masks[0::2], boxes[0::2]) and torch.equal(masks[1::2], 1 - boxes[1::2])
+    image, labels = torch.zeros(4, 1, *spatial), torch.zeros(4, *spatial, dtype=torch.long)
+    conf = torch.full((4, *spatial), 0.5)
+    partner, partner_labels = torch.ones(4, 1, *spatial), torch.ones(4, *spatial, dtype=torch.long)
+    mixed, mixed_labels, mixed_conf, from_partner = augment.mix_pair(image, labels, conf, partner, partner_labels, masks)
+    box = boxes == 0
+    assert torch.equal(from_partner[0::2], box[0::2]) and torch.equal(from_partner[1::2], ~box[1::2])
+    assert torch.equal(mixed[:, 0].bool(), from_partner) and torch.equal(mixed_labels.bool(), from_partner)
+    assert bool((mixed_conf[from_partner] == 1).all()) and bool((mixed_conf[~from_partner] == 0.5).all())
+
+
 @pytest.mark.parametrize("share", [-0.1, 1.5])
 def test_a_mix_share_outside_zero_to_one_is_refused_by_name(share):
     with pytest.raises(ValueError, match="mix_share"):

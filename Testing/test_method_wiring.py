@@ -115,7 +115,8 @@ def test_pasted_dice_adds_the_dice_of_the_pasted_pixels(cardiac, tmp_path, monke
     is weighted); ``half`` by 0.5 whatever the share."""
     from ACTIONPlusPlusLib.training import finetune
 
-    trainer = _finetune_trainer(cardiac, tmp_path)
+    # one copy-paste direction: its share is the boxes' own (with both, this draw's shares cancel to 0.5)
+    trainer = _finetune_trainer(cardiac, tmp_path, mix_bidirectional=False)
     host, dev = trainer.host_gen.get_state(), trainer.dev_gen.get_state()
     calls: list[tuple[torch.Tensor, torch.Tensor]] = []
     original = finetune.dice_loss
@@ -143,6 +144,29 @@ def test_pasted_dice_adds_the_dice_of_the_pasted_pixels(cardiac, tmp_path, monke
     weight = share if weighting == "share" else 0.5
     assert parts[True]["pasted"].item() == pytest.approx((parts[False]["pasted"] + weight * value).item(), rel=1e-5)
     assert parts[True]["sup"].item() == pytest.approx(parts[False]["sup"].item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("bidirectional", [True, False])
+def test_copy_paste_goes_both_ways_by_default_in_2d(cardiac, tmp_path, monkeypatch, bidirectional) -> None:
+    """``mix_bidirectional`` (the 2D default): odd unlabeled images keep their box and take the labeled
+    image around it, so the teacher's labels of their centred anatomy are taught; even ones the reverse."""
+    from ACTIONPlusPlusLib.training import finetune
+
+    assert preset("acdc").mix_bidirectional and not preset("la").mix_bidirectional
+    trainer = _finetune_trainer(cardiac, tmp_path, mix_bidirectional=bidirectional)
+    seen: dict[str, torch.Tensor] = {}
+    boxes, pair = augment.cutmix_masks, augment.mix_pair
+    monkeypatch.setattr(finetune.augment, "cutmix_masks", lambda *a, **k: seen.setdefault("boxes", boxes(*a, **k)))
+    monkeypatch.setattr(finetune.augment, "mix_pair",
+                        lambda *a: (seen.setdefault("masks", a[-1]), pair(*a))[1])
+    step = FinetuneStep(trainer.cfg, trainer.student, trainer.teacher, trainer.ft)
+    step(trainer.batches, trainer.host_gen, trainer.dev_gen, 0.5, trainer.autocast, 1.0)
+    n = len(seen["boxes"])
+    assert n >= 2
+    expected = seen["boxes"].clone()
+    if bidirectional:
+        expected[1::2] = 1 - expected[1::2]
+    assert torch.equal(seen["masks"], expected)
 
 
 def test_pasted_share_of_the_3d_box_is_an_eighth() -> None:

@@ -95,6 +95,8 @@ PAPER_PROTOCOL = [
     # default, README); the one product default the presets differ in, set by the LA measurements
     ("acdc", "pasted_dice", True, "product default: CE + Dice on the pasted pixels (README, issue 9)"),
     ("la", "pasted_dice", False, "product default for 3D: CE alone; the Dice term scored lower on five of six LA seeds (README)"),
+    ("acdc", "mix_bidirectional", True, "product default: both copy-paste directions (BCP); better on ACDC at two budgets (README, issue 9)"),
+    ("la", "mix_bidirectional", False, "product default for 3D: one direction, the measured one; both are unmeasured on LA (README)"),
     # --- augmentation (D7, D8) ------------------------------------------------------------------------
     (BOTH, "geometric_augmentation", True, "paper: rotation and flip (D7)"),
     (BOTH, "intensity_augmentation", True, "spec 5.1, 6.1 (D8)"),
