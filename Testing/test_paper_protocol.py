@@ -92,7 +92,8 @@ PAPER_PROTOCOL = [
     (BOTH, "mix", "cutmix", "spec 6.1: 2D shell --apply_aug cutmix; for LA a product default (README), the "
                             "spec's 3D classmix is mix=classmix: with two classes its mask is the pseudo-label"),
     # the pasted labeled pixels' soft Dice (not in the paper: copy-paste with labeled images is a product
-    # default, README); the one product default the presets differ in, set by the LA measurements
+    # default, README) and the copy-paste directions: the two product defaults the presets differ in
+    # (pasted_dice set by the LA measurements, mix_bidirectional measured on ACDC only)
     ("acdc", "pasted_dice", True, "product default: CE + Dice on the pasted pixels (README, issue 9)"),
     ("la", "pasted_dice", False, "product default for 3D: CE alone; the Dice term scored lower on five of six LA seeds (README)"),
     ("acdc", "mix_bidirectional", True, "product default: both copy-paste directions (BCP); better on ACDC at two budgets (README, issue 9)"),
