@@ -49,6 +49,35 @@ def test_alignment_brings_back_a_class_the_teacher_under_predicts() -> None:
     assert thresholds.min() >= cfg.pseudo_threshold_floor - 1e-6
 
 
+def test_alignment_tolerance_leaves_a_teacher_within_the_band_alone() -> None:
+    """The labeled shares of a few patients are a sample: a teacher that predicts a class at 1.5x its
+    labeled share keeps its own labels with a tolerance of 2, while exact matching takes pixels away."""
+    cfg = preset("acdc", num_classes=3, class_names=["bg", "a", "b"])
+    prob, y = _maps(minority_prob=0.9)
+    prob[:, :, 8, :1] = torch.tensor([0.3, 0.01, 0.69]).view(1, 3, 1)  # class 2 on 3 % of the pixels, 2 % labeled
+    own = prob.argmax(dim=1)
+    exact_cfg, banded_cfg = cfg.replace(alignment_tolerance=1.0), cfg.replace(alignment_tolerance=2.0)
+    exact, banded = _heads(exact_cfg), _heads(banded_cfg)
+    for _ in range(80):
+        p_exact, _, _ = exact.pseudo_labels(exact_cfg, prob, y)
+        p_banded, _, _ = banded.pseudo_labels(banded_cfg, prob, y)
+    assert torch.equal(p_banded, own) and banded.logit_offset.abs().max() < 1e-6
+    assert (p_exact == 2).sum() < (own == 2).sum()  # exact matching relabels the teacher's own class-2 pixels
+
+
+def test_alignment_tolerance_still_brings_back_an_erased_class() -> None:
+    cfg = preset("acdc", num_classes=3, class_names=["bg", "a", "b"], alignment_tolerance=2.0)
+    prob, y = _maps(minority_prob=0.04)
+    heads = _heads(cfg)
+    present = []
+    for _ in range(120):
+        pseudo, _, _ = heads.pseudo_labels(cfg, prob, y)
+        present.append(bool(torch.equal(pseudo, y)))
+    # the offset leaks towards 0 and is pushed back at the band's edge: once back, the class is labeled
+    # (exactly its pixels) on most steps, never erased for long
+    assert sum(present[-60:]) >= 45, present[-60:]
+
+
 def test_fixed_threshold_mode_uses_one_threshold() -> None:
     cfg = preset("acdc", num_classes=3, class_names=["bg", "a", "b"], pseudo_threshold_mode="fixed")
     prob, y = _maps()

@@ -2,8 +2,9 @@
 + SAACL (Eq. 3-5) on a d = 128 representation head of the student and its EMA copy on the teacher (D6).
 
 Beyond the spec (issue 9, README "Design decisions"): pseudo-labels are made class-aware
-(distribution alignment of the teacher's probabilities to the labeled class prior, per-class
-confidence thresholds) and masked per pixel, and the unsupervised and contrastive weights ramp up.
+(distribution alignment of the teacher's probabilities towards the labeled class prior, as a guard
+against a class vanishing rather than a target, per-class confidence thresholds) and masked per
+pixel, and the unsupervised and contrastive weights ramp up.
 The strong view pastes a labeled image (with its ground truth) into each unlabeled one; its pasted
 pixels are taught with CE and soft Dice like the labeled batch (``pasted_dice``).
 
@@ -17,6 +18,7 @@ negatives by index without materialising them (``losses.anco.indexed_contrast``)
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 
 import torch
@@ -72,8 +74,10 @@ class FinetuneHeads(nn.Module):
 
         Distribution alignment (``pseudo_distribution_alignment``): the teacher's log-probabilities get
         per-class offsets, adapted every step so that the share of each class among the pseudo-labels
-        follows its share among the labeled pixels (a class the teacher under-predicts gets its most
-        likely pixels back instead of vanishing into the background).  Returns ``(pseudo, conf,
+        stays within ``alignment_tolerance`` (a factor) of its share among the labeled pixels (a class
+        the teacher under-predicts gets its most likely pixels back instead of vanishing into the
+        background); inside that band the offsets leak towards 0 and the teacher's own shares rule
+        (tolerance 1: follow the labeled shares exactly).  Returns ``(pseudo, conf,
         thresholds)``: argmax and max of the aligned probabilities and the per-class confidence
         thresholds (C,).  Updates the running statistics (no host sync).
         """
@@ -93,8 +97,15 @@ class FinetuneHeads(nn.Module):
         pseudo_frac = sums[1] / sums[1].sum().clamp_min(1.0)
         self._ema_(self.teacher_prior, pseudo_frac, m)
         if cfg.pseudo_distribution_alignment:  # move the offsets towards matching shares (next step)
-            step = float(cfg.alignment_rate) * (torch.log(self.labeled_prior.clamp_min(1e-4))
-                                                - torch.log(pseudo_frac.clamp_min(1e-4)))
+            rate = float(cfg.alignment_rate)
+            gap = torch.log(self.labeled_prior.clamp_min(1e-4)) - torch.log(pseudo_frac.clamp_min(1e-4))
+            band = math.log(max(float(cfg.alignment_tolerance), 1.0))
+            # towards the band's edge while outside it, and a leak towards 0 ten times slower (a small L2
+            # penalty on the offsets): an offset lasts only as long as it is needed.  No band: the match
+            if band > 0:
+                step = rate * (torch.sign(gap) * (gap.abs() - band).clamp_min(0.0) - 0.1 * self.logit_offset)
+            else:
+                step = rate * gap
             self.logit_offset.add_(step).clamp_(-float(cfg.alignment_max_offset), float(cfg.alignment_max_offset))
             self.logit_offset.sub_(self.logit_offset.mean())
         mean_conf = torch.where(sums[1] > 0, sums[0] / sums[1].clamp_min(1.0), self.class_confidence)
