@@ -93,7 +93,7 @@ PAPER_PROTOCOL = [
                             "spec's 3D classmix is mix=classmix: with two classes its mask is the pseudo-label"),
     # the pasted labeled pixels' soft Dice (not in the paper: copy-paste with labeled images is a product
     # default, README), the copy-paste directions and the alignment band: the product defaults the
-    # presets differ in (the first two set by measurement: better on ACDC, lower on LA)
+    # presets differ in (the first two measured on both: better on ACDC, lower on LA; the band on ACDC only)
     ("acdc", "pasted_dice", True, "product default: CE + Dice on the pasted pixels (README, issue 9)"),
     ("la", "pasted_dice", False, "product default for 3D: CE alone; the Dice term scored lower on five of six LA seeds (README)"),
     ("acdc", "mix_bidirectional", True, "product default: both copy-paste directions (BCP); better on ACDC at two budgets (README, issue 9)"),
