@@ -201,6 +201,12 @@ class Config:
     # --- runtime ------------------------------------------------------------------------------------
     device: str = "auto"  # auto | cuda | cpu | cuda:N
     amp: bool = True  # bf16 autocast for convolutions on CUDA; losses stay fp32
+    # CPU: fp32 matrix products through oneDNN's AVX-512 kernels where a probe finds them fp32-exact
+    # (device.onednn_fp32_matmul; MKL's kernels on AMD use AVX2); false keeps torch's default route
+    cpu_onednn_matmul: bool = True
+    # CPU training on Linux: glibc keeps freed memory instead of unmapping every large block each step
+    # (device.retain_freed_memory; the process's memory stays at its peak)
+    cpu_retain_memory: bool = True
     seed: int = 1337
     log_every: int = 10  # iterations between progress events (the only host syncs of the loop)
     checkpoint_every: int = 500

@@ -143,7 +143,7 @@ def predict_case(
     dev = _model_device(model) if device is None else resolve_device(device)
     if device is not None:
         model.to(dev)
-    tune_backends(dev)
+    tune_backends(dev, onednn_matmul=cfg.cpu_onednn_matmul)
     was_training = model.training
     model.eval()
     try:

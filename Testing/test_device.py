@@ -159,3 +159,88 @@ def test_device_probe_module_prints_one_json_line():
     assert result.returncode == 0, result.stderr
     info = json.loads(result.stdout.strip().splitlines()[-1])
     assert info["torch"] == torch.__version__ and "mps_available" in info and "cuda_available" in info
+
+
+# ------------------------------------------------------------------ CPU fp32 products through oneDNN
+
+
+@pytest.fixture
+def fresh_matmul_route():
+    """The oneDNN route's probe forgotten before and after (it answers once per process)."""
+    settings = torch.backends.mkldnn.matmul
+    before = settings.fp32_precision
+    device._ONEDNN_MATMUL = None
+    yield settings
+    device._ONEDNN_MATMUL = None
+    settings.fp32_precision = before
+
+
+def test_onednn_route_is_refused_when_its_products_are_not_fp32(fresh_matmul_route, monkeypatch):
+    """Where oneDNN would round to bf16 (a processor with AMX), the probe sees it and changes nothing."""
+    monkeypatch.setattr(torch.cpu, "_is_avx512_supported", lambda: True)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    fresh_matmul_route.fp32_precision = "none"
+    bf16_product = lambda a, b: (a.bfloat16() @ b.bfloat16()).float()  # noqa: E731
+    assert device.onednn_fp32_matmul(product=bf16_product) is False
+    assert fresh_matmul_route.fp32_precision == "none"
+    assert device.onednn_fp32_matmul(product=torch.mm) is True  # an fp32 product passes
+    assert fresh_matmul_route.fp32_precision == "bf16"
+
+
+def test_onednn_route_is_never_taken_with_amx_or_without_avx512(fresh_matmul_route, monkeypatch):
+    fresh_matmul_route.fp32_precision = "none"
+    monkeypatch.setattr(torch.cpu, "_is_avx512_supported", lambda: True)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    assert device.onednn_fp32_matmul(product=torch.mm) is False
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_supported", lambda: False)
+    assert device.onednn_fp32_matmul(product=torch.mm) is False
+    assert fresh_matmul_route.fp32_precision == "none"
+    device.tune_backends("cpu", onednn_matmul=False)  # the config's opt-out restores torch's route
+    assert fresh_matmul_route.fp32_precision == "none"
+
+
+def test_products_stay_fp32_on_this_machine_whichever_route(fresh_matmul_route):
+    """D15: the losses' products are fp32 whether or not this machine takes the oneDNN route (SAACL's
+    log-sum-exp over a queue, in its blocks, against float64)."""
+    from ACTIONPlusPlusLib.losses.saacl import logsumexp_matmul
+
+    g = torch.Generator().manual_seed(3)
+    a = torch.nn.functional.normalize(torch.randn(512, 128, generator=g), dim=1) / 0.07
+    keys = torch.nn.functional.normalize(torch.randn(3000, 128, generator=g), dim=1)
+    ref = torch.logsumexp(a.double() @ keys.double().t(), dim=1)
+    for enable in (False, True):
+        device._ONEDNN_MATMUL = None
+        device.onednn_fp32_matmul(enable)
+        assert torch.allclose(logsumexp_matmul(a, keys).double(), ref, rtol=0, atol=2e-5)
+
+
+_STEPS_SCRIPT = """
+import resource, sys, torch
+from ACTIONPlusPlusLib import device
+if sys.argv[1] == "retain":
+    assert device.retain_freed_memory() is True
+def step():  # two large maps built and dropped, as a training step does with its dense maps
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    a = torch.empty(64 << 20, dtype=torch.uint8); b = torch.empty(64 << 20, dtype=torch.uint8)
+    a.fill_(1); b.fill_(1)
+    del a, b
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+print(*[step() for _ in range(10)])
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt is Linux-only")
+def test_retained_memory_is_not_faulted_in_again_step_after_step():
+    """With retain_freed_memory, once the heap has grown, a step's large maps reuse pages the process
+    already has; by default glibc unmaps them on free and every page faults in again each step."""
+    import resource
+
+    pages = 2 * (64 << 20) // resource.getpagesize()
+    faults = {}
+    for mode in ("retain", "default"):
+        out = subprocess.run([sys.executable, "-c", _STEPS_SCRIPT, mode], cwd=REPO, capture_output=True, text=True,
+                             check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        faults[mode] = [int(v) for v in out.stdout.split()]
+    assert all(f >= pages * 0.9 for f in faults["default"][-3:]), faults
+    assert all(f < pages // 10 for f in faults["retain"][-3:]), faults

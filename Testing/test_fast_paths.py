@@ -39,6 +39,23 @@ def test_sparse_and_folded_head_equal_the_dense_head() -> None:
             assert torch.allclose(a, b, atol=1e-12)
         assert torch.allclose(head.dense_no_grad(feats), dense, atol=1e-12)
         assert not head.dense_no_grad(feats).requires_grad
+        # one image at a time on the CPU: the whole batch's values (the products' blocking may differ)
+        with torch.no_grad():
+            last = head.last.weight.reshape(6, -1)
+            folded = [last @ p.weight.reshape(6, -1) for p in head.per_scale]
+            batch = head._dense_rows(feats, folded, tuple(feats[-1].shape[2:])).movedim(-1, 1)
+        assert torch.allclose(head.dense_no_grad(feats), batch, rtol=0, atol=1e-13)
+
+
+def test_dense_head_with_two_maps_on_one_grid_equals_the_dense_head() -> None:
+    """LA's network ends in two full-resolution maps (u8, x9): they are projected into one map."""
+    g = torch.Generator().manual_seed(5)
+    for dim in (2, 3):
+        feats = _features(dim, g)
+        feats = feats + [torch.randn_like(feats[-1][:, :3])]  # a second map on the finest grid
+        head = RepresentationHead(dim, [f.shape[1] for f in feats], 6).double()
+        assert torch.allclose(head.dense_no_grad(feats), head(feats), atol=1e-12)
+        assert torch.allclose(head.dense_no_grad([f[:1] for f in feats]), head([f[:1] for f in feats]), atol=1e-12)
 
 
 def test_taps_computed_once_read_the_same_pixels_for_two_heads_and_batch_sizes() -> None:

@@ -66,6 +66,23 @@ def test_sample_categorical_distribution() -> None:
         assert stats.chisquare(obs[keep].numpy(), (p[keep] * 20000).numpy()).pvalue > 1e-3
 
 
+def test_sample_categorical_comparisons_equal_searchsorted(monkeypatch) -> None:
+    """The CPU's comparison path draws exactly what searchsorted draws from the same uniforms."""
+    from ACTIONPlusPlusLib.losses import anco
+
+    g = torch.Generator().manual_seed(4)
+    for k in (2, 3, 4, 7):
+        probs = torch.softmax(torch.randn(k, k, generator=g), dim=1)
+        probs[0, 0] = 0.0
+        probs[-1] = torch.nn.functional.one_hot(torch.tensor(k - 1), k).float()
+        compared = sample_categorical(probs, 5000, generator=torch.Generator().manual_seed(k))
+        monkeypatch.setattr(anco, "_COMPARE_MAX_CLASSES", 0)
+        searched = sample_categorical(probs, 5000, generator=torch.Generator().manual_seed(k))
+        monkeypatch.undo()
+        assert torch.equal(compared, searched)
+        assert not (compared[0] == 0).any() and torch.all(compared[-1] == k - 1)
+
+
 # --------------------------------------------------------------------------------------------- anco_loss
 
 

@@ -29,6 +29,8 @@ __all__ = [
     "sort_by_class",
 ]
 
+_COMPARE_MAX_CLASSES = 8  # sample_categorical: comparisons instead of searchsorted up to this many classes
+
 
 def sort_by_class(keys: Tensor, num_classes: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Group pixel indices by class on the device.
@@ -136,7 +138,15 @@ def sample_categorical(probs: Tensor, num_samples: int, generator: torch.Generat
     p = probs.double()
     cdf = torch.cumsum(p, dim=1)
     u = torch.rand(p.shape[0], num_samples, generator=generator, device=p.device, dtype=torch.float64)
-    out = torch.searchsorted(cdf, u * cdf[:, -1:], right=True)
+    v = u * cdf[:, -1:]
+    if p.device.type == "cpu" and p.shape[1] <= _COMPARE_MAX_CLASSES:
+        # the same count of CDF entries <= v as searchsorted(right=True), as K vectorised comparisons:
+        # 3x faster on the CPU for AnCo's 4 x 131,072 draws over 4 classes (a launch each on a GPU)
+        out = (v >= cdf[:, :1]).long()
+        for k in range(1, p.shape[1]):
+            out += v >= cdf[:, k : k + 1]
+    else:
+        out = torch.searchsorted(cdf, v, right=True)
     cols = torch.arange(p.shape[1], device=p.device)
     last_pos = torch.where(p > 0, cols, torch.zeros_like(cols)).amax(dim=1, keepdim=True)
     return torch.minimum(out, last_pos)

@@ -97,7 +97,9 @@ class _LogSumExpMatmul(torch.autograd.Function):
 
 def logsumexp_matmul(a: Tensor, keys: Tensor) -> Tensor:
     """``torch.logsumexp(a @ keys.T, 1)`` differentiable w.r.t. ``a`` only (see :class:`_LogSumExpMatmul`)."""
-    chunk = 2048 if a.device.type == "cpu" else max(1, keys.shape[0])  # cache-sized blocks on CPU
+    # cache-sized blocks on CPU (512: 35.8 ms against 45.2 with 2048 for 1024 anchors x 12,292 keys,
+    # oneDNN route; 68.6 against 76.7 with MKL), all keys at once on GPUs
+    chunk = 512 if a.device.type == "cpu" else max(1, keys.shape[0])
     return _LogSumExpMatmul.apply(a, keys.detach(), chunk)
 
 

@@ -172,15 +172,41 @@ class RepresentationHead(nn.Module):
         if self.kernel != 1:
             raise ValueError("sparse evaluation needs representation_kernel=1")
         last = self.last.weight.reshape(self.last.out_channels, -1)
+        folded = [last @ proj.weight.reshape(proj.out_channels, -1) for proj in self.per_scale]  # (d, C_s)
         size = tuple(features[-1].shape[2:])
+        n = features[-1].shape[0]
+        per_image = math.prod(size) * last.shape[0] * features[-1].element_size()
+        if features[-1].device.type != "cpu" or n == 1 or per_image > _CACHED_MAP_BYTES:
+            return self._dense_rows(features, folded, size).movedim(-1, 1)
+        # On the CPU one image at a time when its map is cache-sized: the sum of the upsampled scales
+        # then stays in cache (a full-resolution d-channel map per image: 8 MiB at 128x128) instead of
+        # streaming the whole batch's map through memory once per scale; 2.5x faster at 128x128 (8
+        # images), the same values (to rounding: the products' blocking may differ with the row count).
+        out = features[-1].new_empty((n, *size, last.shape[0]))
+        for i in range(n):
+            out[i : i + 1] = self._dense_rows([f[i : i + 1] for f in features], folded, size)
+        return out.movedim(-1, 1)
+
+    def _dense_rows(self, features: list[torch.Tensor], folded: list[torch.Tensor], size: tuple[int, ...]
+                    ) -> torch.Tensor:
+        """The channels-last (N, *size, d) map of :meth:`dense_no_grad`.
+
+        Consecutive scales on the same grid (LA's two full-resolution maps) are projected into one map
+        (the second product accumulates into the first's output), so that grid is written once.
+        """
         total = None
-        for proj, f in zip(self.per_scale, features):
-            folded = last @ proj.weight.reshape(proj.out_channels, -1)  # (d, C_s)
+        x, grid = None, None
+        for w, f in zip(folded, features):
             rows = f.movedim(1, -1).reshape(-1, f.shape[1])  # (N * prod(s), C_s) pixel rows
-            x = F.linear(rows, folded).view(f.shape[0], *f.shape[2:], -1)  # projected at native resolution
-            x = self._up_channels_last(x, size)
-            total = x if total is None else total.add_(x)  # x is always a fresh tensor here
-        return total.add_(self.last.bias).movedim(-1, 1)
+            if x is not None and tuple(f.shape[2:]) == grid:
+                x.view(-1, x.shape[-1]).addmm_(rows, w.t())
+                continue
+            if x is not None:
+                total = _summed(total, self._up_channels_last(x, size))
+            grid = tuple(f.shape[2:])
+            x = F.linear(rows, w).view(f.shape[0], *grid, -1)  # projected at native resolution
+        total = _summed(total, self._up_channels_last(x, size))
+        return total.add_(self.last.bias)
 
     def _up_channels_last(self, x: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
         """(N, *s, c) channels-last -> (N, *size, c): ``interpolate`` on a channels-last view, which
@@ -188,6 +214,14 @@ class RepresentationHead(nn.Module):
         if tuple(x.shape[1:-1]) == tuple(size):
             return x
         return self._up(x.movedim(-1, 1), size).movedim(1, -1)
+
+
+def _summed(total: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
+    """``total + x`` in place (``x`` is a fresh map here), or ``x`` when there is no total yet."""
+    return x if total is None else total.add_(x)
+
+
+_CACHED_MAP_BYTES = 16 * 2**20  # dense_no_grad goes image by image while one image's map is this small
 
 
 class PixelTaps(NamedTuple):

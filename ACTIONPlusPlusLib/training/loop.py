@@ -83,7 +83,7 @@ class Trainer:
         self.cfg = cfg
         self.out_dir = Path(out_dir)
         self.device = device or resolve_device(cfg.device)
-        tune_backends(self.device)
+        tune_backends(self.device, onednn_matmul=cfg.cpu_onednn_matmul, retain_memory=cfg.cpu_retain_memory)
         if cfg.num_threads > 0:
             torch.set_num_threads(cfg.num_threads)
         torch.manual_seed(cfg.seed + dist_utils.rank())
