@@ -170,6 +170,9 @@ class Config:
     # first implementation; the 3D preset keeps it, not measured there)
     alignment_tolerance: float = 2.0
     alignment_max_offset: float = 5.0
+    # the pseudo-label shares the alignment compares with the labeled ones: a running mean with this
+    # momentum (0 = each batch's own shares, the first implementation)
+    alignment_momentum: float = 0.0
     class_stats_momentum: float = 0.99  # EMA of the class priors and confidences above
     # scale the pseudo-label and AnCo terms by the teacher's foreground Dice on the labeled batch (EMA
     # with reliability_momentum): an unreliable teacher does not teach
@@ -295,6 +298,8 @@ class Config:
             raise ValueError("rampup_fraction must be in [0, 1]")
         if not self.alignment_tolerance >= 1:
             raise ValueError(f"alignment_tolerance must be >= 1 (a factor; 1 = match the labeled shares), got {self.alignment_tolerance}")
+        if not 0 <= self.alignment_momentum < 1:
+            raise ValueError(f"alignment_momentum must be in [0, 1) (0 = each batch's shares), got {self.alignment_momentum}")
         if not 0 <= self.mix_share <= 1:
             raise ValueError(f"mix_share must be in [0, 1], got {self.mix_share}")
         if not 0 < self.cutmix_depth_fraction <= 1:

@@ -55,10 +55,17 @@ class FinetuneHeads(nn.Module):
         c = cfg.num_classes
         self.register_buffer("labeled_prior", torch.full((c,), 1.0 / c))
         self.register_buffer("teacher_prior", torch.full((c,), 1.0 / c))
+        self.register_buffer("pseudo_share", torch.full((c,), 1.0 / c))
         self.register_buffer("class_confidence", torch.ones(c))
         self.register_buffer("logit_offset", torch.zeros(c))
         self.register_buffer("teacher_reliability", torch.zeros(()))
         self.register_buffer("stats_ready", torch.zeros((), dtype=torch.bool))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        # checkpoints written before ``pseudo_share`` existed resume with the teacher's running shares
+        if prefix + "pseudo_share" not in state_dict and prefix + "teacher_prior" in state_dict:
+            state_dict[prefix + "pseudo_share"] = state_dict[prefix + "teacher_prior"].clone()
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @torch.no_grad()
     def ema(self, decay: float) -> None:
@@ -96,9 +103,13 @@ class FinetuneHeads(nn.Module):
         sums = all_gather_cat(sums.unsqueeze(0)).sum(dim=0)
         pseudo_frac = sums[1] / sums[1].sum().clamp_min(1.0)
         self._ema_(self.teacher_prior, pseudo_frac, m)
+        # the shares the alignment compares: a short running mean (alignment_momentum), so that a batch
+        # without a class (four apical slices hold no RV) moves its offset by a tenth of a share, not
+        # by log(share floor); 0 compares each batch's own shares
+        self._ema_(self.pseudo_share, pseudo_frac, float(cfg.alignment_momentum))
         if cfg.pseudo_distribution_alignment:  # move the offsets towards matching shares (next step)
             rate = float(cfg.alignment_rate)
-            gap = torch.log(self.labeled_prior.clamp_min(1e-4)) - torch.log(pseudo_frac.clamp_min(1e-4))
+            gap = torch.log(self.labeled_prior.clamp_min(1e-4)) - torch.log(self.pseudo_share.clamp_min(1e-4))
             band = math.log(max(float(cfg.alignment_tolerance), 1.0))
             # towards the band's edge while outside it, and a leak towards 0 ten times slower (a small L2
             # penalty on the offsets): an offset lasts only as long as it is needed.  No band: the match
