@@ -149,6 +149,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = build_config(args.preset, args)
     # under torchrun (RANK/WORLD_SIZE set): one process per GPU, DistributedDataParallel (docs/DISTRIBUTED.md)
     distributed = dist_utils.init_from_env(cfg.device)
+    finished = False
     try:
         main_process = dist_utils.is_main_process()
         device = dist_utils.local_device(cfg.device) if distributed else None
@@ -166,9 +167,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         finally:
             stop.restore()
             reporter.close()
+        finished = True
     finally:
         if distributed:
-            dist_utils.destroy()
+            dist_utils.destroy(synchronize=finished)
     if result.stopped:
         if main_process:
             print(f"interrupted: checkpoint saved to {result.checkpoint_path}; continue with --resume", file=sys.stderr)

@@ -11,6 +11,7 @@ CPU-side collectives: stop flags, RNG states), gloo alone on CPU.  Each process 
 
 from __future__ import annotations
 
+import gc
 import os
 from typing import Any, Callable, Iterable
 
@@ -81,10 +82,22 @@ def init_from_env(device: str | torch.device | None = "auto") -> bool:
     return True
 
 
-def destroy() -> None:
-    """Tear the process group down (end of a torchrun command)."""
+def destroy(synchronize: bool = True) -> None:
+    """Tear the process group down (end of a torchrun command), while the interpreter is fully alive.
+
+    The DistributedDataParallel wrapper and its reducer sit in reference cycles that hold the gloo
+    group's C++ object; left to the interpreter's shutdown, that object's worker threads are torn down
+    with it and a rank can abort with "terminate called without an active exception" after a
+    successful run (seen once in CI).  So the cycles are collected first, every rank waits for the
+    others (``synchronize``; False after an error, where a rank may be gone and would leave the others
+    waiting), and only then is the group destroyed.
+    """
     if is_distributed():
+        gc.collect()
+        if synchronize:
+            dist.barrier()
         dist.destroy_process_group()
+        gc.collect()
 
 
 def _flag_device() -> torch.device:

@@ -226,14 +226,19 @@ def step():  # two large maps built and dropped, as a training step does with it
     a.fill_(1); b.fill_(1)
     del a, b
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-print(*[step() for _ in range(10)])
+print(*[step() for _ in range(30)])
 """
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt is Linux-only")
 def test_retained_memory_is_not_faulted_in_again_step_after_step():
     """With retain_freed_memory, once the heap has grown, a step's large maps reuse pages the process
-    already has; by default glibc unmaps them on free and every page faults in again each step."""
+    already has; by default glibc unmaps them on free and every page faults in again each step.
+
+    The heap takes a few steps to settle (4-7 here): glibc's ``posix_memalign``, which torch's CPU
+    allocator uses, leaves small leading fragments that its thread cache holds, and a freed map beside
+    one cannot merge with its neighbour, so early steps may not fit in the holes.  The thread cache
+    holds at most 7 fragments of a size, so this ends; 30 steps are checked, the last 5 asserted."""
     import resource
 
     pages = 2 * (64 << 20) // resource.getpagesize()
@@ -242,5 +247,5 @@ def test_retained_memory_is_not_faulted_in_again_step_after_step():
         out = subprocess.run([sys.executable, "-c", _STEPS_SCRIPT, mode], cwd=REPO, capture_output=True, text=True,
                              check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
         faults[mode] = [int(v) for v in out.stdout.split()]
-    assert all(f >= pages * 0.9 for f in faults["default"][-3:]), faults
-    assert all(f < pages // 10 for f in faults["retain"][-3:]), faults
+    assert all(f >= pages * 0.9 for f in faults["default"][-5:]), faults
+    assert all(f < pages // 10 for f in faults["retain"][-5:]), faults

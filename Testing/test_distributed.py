@@ -226,6 +226,35 @@ def test_helpers_are_identity_in_one_process(monkeypatch):
 
 
 # --- the training script torchrun starts (and the single-process resume) -----------------------------------
+def test_destroy_frees_the_ddp_wrapper_before_the_group(tmp_path):
+    """``destroy`` collects the DDP wrapper's reference cycles while the interpreter is alive, before the
+    group goes (left to shutdown, the gloo group's threads can abort a finished rank), and leaves no
+    group behind.  A one-process gloo group, in this process."""
+    import gc
+    import weakref
+
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from ACTIONPlusPlusLib import distributed as dist_utils
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        gc.disable()  # only destroy may collect the cycle
+        holder: dict = {"ddp": DistributedDataParallel(torch.nn.Linear(2, 2))}
+        holder["self"] = holder  # a cycle, as the trainer's references to its wrapper are
+        wrapper = weakref.ref(holder["ddp"])
+        del holder
+        assert wrapper() is not None
+        dist_utils.destroy()
+        assert wrapper() is None
+        assert not dist_utils.is_distributed()
+    finally:
+        gc.enable()
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
 def _probe_and_train(argv: list[str]) -> int:
     """Run ``actionpp train`` with probes: per-rank state dump, file-write log, rank-selective stop."""
     from ACTIONPlusPlusLib import cli, model_io
