@@ -256,6 +256,8 @@ def test_retained_memory_is_reused_step_after_step():
     mib = {mode: [(p >> 20, a >> 20) for p, a in v] for mode, v in steps.items()}  # for the messages
     assert all(peak - after >= 0.9 * maps for peak, after in steps["default"][-5:]), mib
     settled = steps["retain"][-5:]
-    assert all(peak - after < maps // 100 for peak, after in settled), mib  # nothing given back
+    # a tenth of the maps of slack (khugepaged may fill in pages around a collapse); a step without
+    # retention gives back all of them, a heap not yet settled takes half or all of them anew
+    assert all(peak - after < maps // 10 for peak, after in settled), mib  # nothing given back
     peaks = [peak for peak, _ in settled]
-    assert max(peaks) - min(peaks) < maps // 100, mib  # and nothing new taken: the same pages serve
+    assert max(peaks) - min(peaks) < maps // 10, mib  # and nothing new taken: the same pages serve
