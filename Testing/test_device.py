@@ -240,7 +240,8 @@ def test_retained_memory_is_reused_step_after_step():
     next step's maps are served from them: resident memory neither drops after a step nor grows.
 
     Resident memory, not page faults, is compared: a kernel with NUMA balancing faults resident pages
-    too (its hinting faults; seen on the CI machine).  The heap takes a few steps to settle (4-7 here):
+    too (its hinting faults: most likely what the CI machine counted).  The heap takes a few steps to
+    settle (3-6 here):
     torch's CPU allocator uses ``posix_memalign``, whose small leading fragments glibc's thread cache
     holds, and a freed map beside one cannot merge with its neighbour, so early maps may not fit the
     holes.  The cache holds at most 7 fragments of a size, so this ends: 30 steps run, the last 5 are
