@@ -7,12 +7,12 @@
 # 1. bench/train_step.py --device cuda --shape real --profile 5
 #                          each stage's step against a supervised step; wall against GPU kernel time
 # 2. bench/infer.py --device cuda      seconds per volume, bf16 labels against fp32
-# 2b. (STEPS=... compile) the ACDC fine-tuning step with the networks under torch.compile: the H100
-#    profile showed that step bound by the host (the GPU busy half of it), README
+# 2b. (STEPS=... compile) the ACDC fine-tuning step eager, then with the networks under torch.compile,
+#    in one lease (an H100 gave 25.48 and 24.86 it/s, 2026-11-27: no gain; README *Speed*)
 # 3. bench/small_la.py --device cuda --budget 2000, seeds 1337, 1, 2, both arms (LA 4 + 12 unlabeled,
 #    8 held out): the six arms run at once, each its own process on the one GPU, so that they fit in
 #    what is left of the lease (the timings above are taken alone, before them).  On an H100 the six
-#    need about 8 minutes; an arm cut off after its model was written finishes with
+#    took 494 s (2026-11-27, `STEPS=small_la TOTAL=545`); an arm cut off after its model was written finishes with
 #    `bench/small_la.py ... --resume --out /tmp/la_<arm>_<seed>` on the same (warm) machine.
 # STEPS (default "train_step infer small_la") picks the steps, in that order.
 set -u
@@ -38,6 +38,8 @@ $PY -c "import torch, h5py, scipy, medpy.metric; print('torch', torch.__version_
 has() { [[ " $STEPS " == *" $1 "* ]]; }
 has train_step && step train_step 200 $PY bench/train_step.py --device cuda --shape real --iterations 10 --rounds 2 --warm 3 --profile 5
 has infer && step infer 60 $PY bench/infer.py --device cuda --repeats 3
+has compile && step eager 60 $PY bench/train_step.py --device cuda --shape real --presets acdc --phases finetune \
+  --iterations 10 --rounds 2 --warm 5
 has compile && step compile 240 $PY bench/train_step.py --device cuda --shape real --presets acdc --phases finetune \
   --iterations 10 --rounds 2 --warm 5 --compile default
 has small_la || exit 0
@@ -59,4 +61,4 @@ for f in /tmp/la_*.log; do
   echo "-- last progress lines:"
   grep "^  \[" "$f" | tail -4
 done > "$OUT/small_la.txt"
-grep -h "mean Dice" /tmp/la_*.log
+grep -H "mean Dice" /tmp/la_*.log  # the file names the arm and the seed
