@@ -154,7 +154,9 @@ class Config:
     # "classwise": each class's threshold scales with its EMA mean confidence (a class the teacher is
     # still unsure of keeps pseudo-labels), floored at pseudo_threshold_floor; "fixed": one threshold
     # "balanced": as many pixels pass as pass pseudo_threshold overall, but each class keeps its own most
-    # confident share (losses.unsupervised.balanced_mask), so what is taught has the pseudo-labels' shares
+    # confident share (losses.unsupervised.balanced_mask), so what is taught has the pseudo-labels' shares.
+    # Measured (README): ACDC quick level (58.99 vs 58.98, five seeds); LA 400 iterations 32.23 vs 30.87
+    # (seven seeds, noise-sized), where the floor keeps an unsure teacher's atrium out early in a run
     pseudo_threshold_mode: str = "classwise"
     pseudo_threshold_floor: float = 0.7
     # distribution alignment: per-class offsets on the teacher's log-probabilities, adapted each step

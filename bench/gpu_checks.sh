@@ -14,13 +14,17 @@
 #    what is left of the lease (the timings above are taken alone, before them).  On an H100 the six
 #    took 494 s (2026-11-27, `STEPS=small_la TOTAL=545`); an arm cut off after its model was written finishes with
 #    `bench/small_la.py ... --resume --out /tmp/la_<arm>_<seed>` on the same (warm) machine.
-# STEPS (default "train_step infer small_la") picks the steps, in that order.
+# STEPS (default "train_step infer small_la") picks the steps, in that order.  LA_ARMS (default
+# "actionpp supervised") picks step 3's arms, LA_SET a config override for its ACTION++ arms, e.g.
+# LA_SET=pseudo_threshold_mode=balanced LA_ARMS=actionpp (the README's next LA ablation).
 set -u
 OUT=${1:-gpu_checks}
 LA=${2:-../shared/data/LA}
 PY=${PYTHON:-python3}
 TOTAL=${TOTAL:-560}
 STEPS=${STEPS:-train_step infer small_la}
+LA_ARMS=${LA_ARMS:-actionpp supervised}
+LA_SET=${LA_SET:-}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 
@@ -45,12 +49,14 @@ has compile && step compile 240 $PY bench/train_step.py --device cuda --shape re
 has small_la || exit 0
 
 left=$((TOTAL - SECONDS - 10))
-echo "== small_la: six arms at once, limit ${left} s"
+echo "== small_la: arms ${LA_ARMS} x seeds 1337 1 2 at once${LA_SET:+, ACTION++ with $LA_SET}, limit ${left} s"
 start=$SECONDS
 for seed in 1337 1 2; do
-  for arm in actionpp supervised; do
+  for arm in $LA_ARMS; do
+    extra=()
+    [[ $arm == actionpp && -n $LA_SET ]] && extra=(--set "$LA_SET")
     OMP_NUM_THREADS=2 timeout "$left" $PY bench/small_la.py --data "$LA" --device cuda --budget 2000 --seeds "$seed" \
-      --arms "$arm" --out "/tmp/la_${arm}_$seed" > "/tmp/la_${arm}_$seed.log" 2>&1 &
+      --arms "$arm" "${extra[@]}" --out "/tmp/la_${arm}_$seed" > "/tmp/la_${arm}_$seed.log" 2>&1 &
   done
 done
 wait
