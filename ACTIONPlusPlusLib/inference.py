@@ -10,6 +10,7 @@ only host transfers are the input volume and the final outputs.
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -20,7 +21,7 @@ import torch.nn.functional as F
 
 from .config import Config
 from .data.types import Case, normalize, to_network_order
-from .device import autocast, resolve_device, tune_backends
+from .device import autocast, channels_last_2d, resolve_device, tune_backends
 from .models.folding import channels_last_3d, fold_batchnorm
 from .errors import DataError
 
@@ -85,15 +86,26 @@ OPTIMIZE_FOR_INFERENCE = True
 def inference_network(model: torch.nn.Module, dev: torch.device, dim: int) -> torch.nn.Module:
     """The network ``predict_case`` runs.  3D on the CPU: a copy of ``model`` with its BatchNorms folded
     and channels-last (oneDNN's faster layout), 1.6x faster on the LA volume at equal labels
-    (``bench/infer.py --compare``); a model still in training is left as it is.  Elsewhere ``model``
-    itself: the 2D U-Net measured no faster folded on the CPU, and CUDA has not been measured."""
+    (``bench/infer.py --compare``).  2D on the CPU: ``model`` channels-last (a copy unless it already
+    is, as the trainer's networks are), not folded: the 2D U-Net measured no faster folded.  Elsewhere
+    ``model`` itself: CUDA has not been measured."""
     if not _uses_inference_copy(dev, dim):
         return model
+    if dim == 2:
+        if model_is_channels_last(model):
+            return model
+        return copy.deepcopy(model).to(memory_format=torch.channels_last)
     return channels_last_3d(fold_batchnorm(model))
 
 
 def _uses_inference_copy(dev: torch.device, dim: int) -> bool:
-    return OPTIMIZE_FOR_INFERENCE and dim == 3 and dev.type == "cpu"
+    return OPTIMIZE_FOR_INFERENCE and dev.type == "cpu" and (dim == 3 or channels_last_2d(dim, dev))
+
+
+def model_is_channels_last(model: torch.nn.Module) -> bool:
+    """Whether every 4D parameter of ``model`` (the convolutions' weights) is channels-last in memory."""
+    weights = [p for p in model.parameters() if p.dim() == 4]
+    return bool(weights) and all(p.is_contiguous(memory_format=torch.channels_last) for p in weights)
 
 
 def _model_device(model: torch.nn.Module) -> torch.device:

@@ -91,9 +91,9 @@ def bench_one(name: str, spec: dict, device: torch.device, repeats: int, warm: i
         finally:
             inference.OPTIMIZE_FOR_INFERENCE = True
 
-    if compare and (cfg.dim != 3 or device.type != "cpu"):
+    if compare and device.type != "cpu":
         compare = False  # inference_network runs the network itself there: nothing to compare
-        detail += "; the same network with or without --compare (the inference copy is for 3D on the CPU)"
+        detail += "; the same network with or without --compare (the inference copy is for the CPU)"
     times, plain_times = [], []
     for _ in range(repeats):  # with --compare, the two alternate, so a busy machine slows both alike
         result, seconds = _timed(predict, device)

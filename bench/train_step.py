@@ -55,6 +55,9 @@ REDUCED = {
     "la": dict(patch_size=[48, 48, 32], local_window=16, local_stride=8, local_pool=4, local_window_depth=16, local_stride_depth=8),
 }
 
+#: ``--set KEY=VALUE`` config values for every stage's trainer (the supervised reference's too)
+SETTINGS: dict[str, str] = {}
+
 
 def _cases(cfg, n: int, labeled: bool, rng: np.random.Generator) -> list[Case]:
     size = [s + 16 for s in cfg.patch_size]
@@ -83,6 +86,8 @@ def _trainer(name: str, shape: str, device: torch.device, phase: str, tmp: str, 
         key = {"warmup": "pretrain_warmup_iterations", "joint": "pretrain_joint_iterations", "finetune": "finetune_iterations"}[phase]
         counts[key] = 10**6
     cfg = preset(name, **overrides, **counts, checkpoint_every=10**9, device=str(device))
+    if SETTINGS:
+        cfg = cfg.replace(**SETTINGS)
     rng = np.random.default_rng(0)
     trainer = Trainer(cfg, _cases(cfg, 4, True, rng), _cases(cfg, 8, False, rng), Path(tmp) / phase)
     trainer.prepare()
@@ -281,7 +286,11 @@ def main() -> None:
     parser.add_argument("--phases", default="warmup,joint,finetune,supervised",
                         help="which stages to time (supervised is always timed: it is the reference)")
     parser.add_argument("--acdc-size", type=int, default=64, help="ACDC patch edge for the reduced shape (64, 128)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config value for every stage, the supervised step's included "
+                             "(e.g. cpu_channels_last=false to time the channels-first networks)")
     args = parser.parse_args()
+    SETTINGS.update(kv.split("=", 1) for kv in args.set)
     REDUCED["acdc"]["patch_size"] = [args.acdc_size, args.acdc_size]
     device = resolve_device(args.device)
     shapes = {"reduced": ["reduced"], "real": ["real"], "both": ["reduced", "real"]}[args.shape or ("both" if device.type == "cuda" else "reduced")]

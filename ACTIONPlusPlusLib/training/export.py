@@ -105,4 +105,5 @@ def export_network(cfg, network: nn.Module, source, autocast: Callable[[], Conte
     if count > 0:
         with_unlabeled = cfg.mode == "actionpp" and getattr(source, "n_unl", 0) > 0
         recalibrate_batchnorm(model, clean_batches(cfg, source, count, cfg.seed + 101, with_unlabeled), autocast)
-    return model
+    # model.pt holds plain channels-first tensors whatever layout training ran in (cpu_channels_last)
+    return model.to(memory_format=torch.contiguous_format)

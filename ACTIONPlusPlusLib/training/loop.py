@@ -30,7 +30,7 @@ from ..config import Config
 from ..data.types import Case
 from ..device import amp_description, amp_dtype, grad_scaler
 from ..device import autocast as device_autocast
-from ..device import resolve_device, tune_backends
+from ..device import channels_last_2d, resolve_device, tune_backends
 from ..errors import DataError, ModelFileError, TrainingError
 from ..io_utils import check_writable_dir
 from ..models import build_network
@@ -90,6 +90,8 @@ class Trainer:
         self.host_gen = torch.Generator().manual_seed(cfg.seed + 1 + dist_utils.rank())
         self.dev_gen = torch.Generator(device=self.device).manual_seed(cfg.seed + 2 + dist_utils.rank())
         self.student = build_network(cfg).to(self.device)
+        if channels_last_2d(cfg.dim, self.device, cfg.cpu_channels_last):
+            self.student = self.student.to(memory_format=torch.channels_last)
         if cfg.sync_batchnorm and dist_utils.is_distributed() and self.device.type == "cuda":  # no CPU kernel
             self.student = nn.SyncBatchNorm.convert_sync_batchnorm(self.student)
         self.teacher = copy.deepcopy(self.student).requires_grad_(False)
