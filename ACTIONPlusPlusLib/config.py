@@ -212,8 +212,9 @@ class Config:
     # CPU training on Linux: glibc keeps freed memory instead of unmapping every large block each step
     # (device.retain_freed_memory; the process's memory stays at its peak)
     cpu_retain_memory: bool = True
-    # CPU, 2D: the U-Net's weights and activations channels-last (oneDNN's faster layout for its
-    # convolutions); equal up to float rounding; false keeps torch's channels-first default
+    # CPU, 2D: the U-Net's weights and activations channels-last in training and prediction (oneDNN's
+    # faster layout for its convolutions); equal up to float rounding (dropout's masks fall on other
+    # elements); model.pt stays channels-first; false keeps torch's channels-first default
     cpu_channels_last: bool = True
     seed: int = 1337
     log_every: int = 10  # iterations between progress events (the only host syncs of the loop)

@@ -83,13 +83,14 @@ def window_starts(dim: int, patch: int, stride: int) -> list[int]:
 OPTIMIZE_FOR_INFERENCE = True
 
 
-def inference_network(model: torch.nn.Module, dev: torch.device, dim: int) -> torch.nn.Module:
+def inference_network(model: torch.nn.Module, dev: torch.device, dim: int, channels_last: bool = True) -> torch.nn.Module:
     """The network ``predict_case`` runs.  3D on the CPU: a copy of ``model`` with its BatchNorms folded
     and channels-last (oneDNN's faster layout), 1.6x faster on the LA volume at equal labels
     (``bench/infer.py --compare``).  2D on the CPU: ``model`` channels-last (a copy unless it already
-    is, as the trainer's networks are), not folded: the 2D U-Net measured no faster folded.  Elsewhere
-    ``model`` itself: CUDA has not been measured."""
-    if not _uses_inference_copy(dev, dim):
+    is, as the trainer's networks are), not folded: the 2D U-Net measured no faster folded; 1.5x faster
+    on an ACDC volume (``bench/infer.py --preset acdc --compare``); ``channels_last=False`` (config
+    ``cpu_channels_last``) runs it as it is.  Elsewhere ``model`` itself: CUDA has not been measured."""
+    if not _uses_inference_copy(dev, dim) or (dim == 2 and not channels_last):
         return model
     if dim == 2:
         if model_is_channels_last(model):
@@ -159,7 +160,7 @@ def predict_case(
     was_training = model.training
     model.eval()
     try:
-        net = inference_network(model, dev, cfg.dim)
+        net = inference_network(model, dev, cfg.dim, cfg.cpu_channels_last)
         with torch.inference_mode():
             if cfg.dim == 2:
                 probs = _predict_2d(net, image, cfg, dev, batch_size or 16)

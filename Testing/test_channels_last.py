@@ -91,6 +91,9 @@ def test_2d_predictions_run_channels_last_and_leave_the_model_as_it_was(monkeypa
     assert _channels_last(inference.inference_network(model, torch.device("cpu"), 2))
     monkeypatch.setattr(inference, "OPTIMIZE_FOR_INFERENCE", False)
     assert inference.inference_network(model, torch.device("cpu"), 2) is model
+    monkeypatch.setattr(inference, "OPTIMIZE_FOR_INFERENCE", True)
+    assert inference.inference_network(model, torch.device("cpu"), 2, channels_last=False) is model
+    monkeypatch.setattr(inference, "OPTIMIZE_FOR_INFERENCE", False)
     plain = inference.predict_case(model, Case("a", image), cfg, return_probabilities=True)
     np.testing.assert_allclose(fast.probabilities, plain.probabilities, rtol=1e-4, atol=1e-5)
     assert np.array_equal(fast.labels, plain.labels)
