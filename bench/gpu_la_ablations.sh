@@ -2,7 +2,8 @@
 # LA arms for one GPU lease (issue 9: with the spec's classmix ACTION++ was behind supervised-only on LA at
 # 2000 iterations, 49.63 / 45.27 against 56.16 / 46.52 at seeds 1337 / 1 on an H200, README).  Each line
 # of ABLATIONS is one ACTION++ arm (`--arms actionpp`) as "SEED [KEY=VALUE ...]"; the first two are the
-# defaults (the box mix, cutmix), which the CPU runs favour.  Figures go to OUTDIR/<n>.txt.
+# defaults (the box mix, cutmix; the balanced mask since 2026-11-27), which the CPU runs favour; the
+# third is the classwise thresholds, the default before.  Figures go to OUTDIR/<n>.txt.
 #
 #     bench/gpu_la_ablations.sh OUTDIR [LA_DATA]
 set -u
@@ -15,7 +16,7 @@ export PYTHONUNBUFFERED=1
 ABLATIONS=(
   "1337"
   "1"
-  "1337 pseudo_threshold_mode=balanced"
+  "1337 pseudo_threshold_mode=classwise"
   "1337 reliability_gate=false"
 )
 n=0
