@@ -90,7 +90,7 @@ def inference_network(model: torch.nn.Module, dev: torch.device, dim: int, chann
     is, as the trainer's networks are), not folded: the 2D U-Net measured no faster folded; 1.5x faster
     on an ACDC volume (``bench/infer.py --preset acdc --compare``); ``channels_last=False`` (config
     ``cpu_channels_last``) runs it as it is.  Elsewhere ``model`` itself: CUDA has not been measured."""
-    if not _uses_inference_copy(dev, dim) or (dim == 2 and not channels_last):
+    if not _uses_inference_copy(dev, dim) or not (dim == 3 or channels_last_2d(dim, dev, channels_last)):
         return model
     if dim == 2:
         if model_is_channels_last(model):
@@ -100,7 +100,8 @@ def inference_network(model: torch.nn.Module, dev: torch.device, dim: int, chann
 
 
 def _uses_inference_copy(dev: torch.device, dim: int) -> bool:
-    return OPTIMIZE_FOR_INFERENCE and dev.type == "cpu" and (dim == 3 or channels_last_2d(dim, dev))
+    """Whether ``inference_network`` replaces the network: on the CPU, in 2D (channels-last) and 3D (folded)."""
+    return OPTIMIZE_FOR_INFERENCE and dev.type == "cpu" and dim in (2, 3)
 
 
 def model_is_channels_last(model: torch.nn.Module) -> bool:
