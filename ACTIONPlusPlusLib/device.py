@@ -9,9 +9,11 @@ Mixed precision (``Config.amp``), chosen by :func:`amp_dtype` from what the GPU 
 - CUDA with native bf16 (compute capability >= 8.0: Ampere, Ada, Hopper...): bf16 autocast, no scaler;
 - CUDA with fp16 tensor cores but no native bf16 (7.x: V100, T4, RTX 20xx): fp16 autocast, and the
   training loop scales the loss with :func:`grad_scaler` (fp16 gradients underflow without it);
-- older GPUs (GTX 10xx and before), ``mps`` and the CPU: fp32 (autocast off).  bf16 is emulated, and
-  fp16 without tensor cores is slow, on those GPUs; CPU bf16 convolutions are slower than fp32 on most
-  machines, and the tests compare CPU outputs exactly.
+- older GPUs (GTX 10xx and before) and ``mps``: fp32 (autocast off).  bf16 is emulated, and fp16
+  without tensor cores is slow, on those GPUs;
+- the CPU: fp32, except for training with ``Config.cpu_bf16`` on a processor with bf16 instructions
+  (AVX512-BF16 or AMX: :func:`cpu_bf16_native`), where oneDNN's bf16 convolutions are faster than
+  fp32 (on other processors bf16 is emulated and slower).  Predictions on the CPU stay fp32.
 """
 
 from __future__ import annotations
@@ -128,10 +130,23 @@ def _cuda_capability(device: torch.device) -> tuple[tuple[int, int] | None, bool
     return capability, native  # type: ignore[return-value]
 
 
-def amp_dtype(device: torch.device | str, enabled: bool = True) -> torch.dtype | None:
-    """The dtype autocast uses on ``device`` (None: fp32), see :func:`amp_policy`."""
+def cpu_bf16_native() -> bool:
+    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX) and torch's oneDNN can use it."""
+    cpu = torch.cpu
+    native = any(getattr(cpu, name, lambda: False)() for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+    mkldnn = getattr(torch.backends, "mkldnn", None)
+    return bool(native and mkldnn is not None and mkldnn.is_available())
+
+
+def amp_dtype(device: torch.device | str, enabled: bool = True, cpu_bf16: bool = False) -> torch.dtype | None:
+    """The dtype autocast uses on ``device`` (None: fp32), see :func:`amp_policy`; on the CPU bf16 only
+    with ``cpu_bf16`` (training) on a processor with bf16 instructions (:func:`cpu_bf16_native`)."""
     device = device if isinstance(device, torch.device) else torch.device(device)
-    if not enabled or device.type != "cuda":
+    if not enabled:
+        return None
+    if device.type == "cpu":
+        return torch.bfloat16 if cpu_bf16 and cpu_bf16_native() else None
+    if device.type != "cuda":
         return None
     capability, native = _cuda_capability(device)
     return amp_policy(device.type, capability, native)
@@ -144,9 +159,12 @@ def amp_description(dtype: torch.dtype | None) -> str:
 
 def autocast(device: torch.device | str, enabled: bool = True, dtype: torch.dtype | None | str = "auto") -> ContextManager[Any]:
     """Autocast on CUDA in the dtype the GPU supports (:func:`amp_dtype`) when ``enabled``; a null
-    context on the CPU, on ``mps`` and on GPUs where mixed precision does not pay (fp32 everywhere).
+    context on ``mps``, on GPUs where mixed precision does not pay and on the CPU unless ``dtype`` is
+    bf16 (what :func:`amp_dtype` chooses for CPU training with ``cpu_bf16``).
     ``dtype`` overrides the choice (None: fp32)."""
     device_type = device.type if isinstance(device, torch.device) else torch.device(device).type
+    if enabled and device_type == "cpu" and dtype is torch.bfloat16:
+        return torch.autocast(device_type="cpu", dtype=torch.bfloat16)
     if not enabled or device_type != "cuda":
         return contextlib.nullcontext()
     chosen = amp_dtype(device, True) if isinstance(dtype, str) else dtype
@@ -289,6 +307,7 @@ def describe_devices() -> dict[str, Any]:
         "cuda_devices": [],
         "cpu_count": os.cpu_count(),
         "cpu_threads": torch.get_num_threads(),
+        "cpu_bf16": cpu_bf16_native(),
         "mps_available": _mps_available(),
         "default_device": "cuda" if cuda else ("mps" if _mps_available() else "cpu"),
     }

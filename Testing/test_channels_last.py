@@ -23,7 +23,7 @@ from ACTIONPlusPlusLib.training.loop import Trainer
 SMALL = dict(patch_size=[32, 32], base_channels=4, local_window=16, local_stride=8, local_pool=4,
              anco_queries=8, anco_negatives=16, saacl_anchors_per_class=8, saacl_queue_size=64,
              device="cpu", checkpoint_every=10**6, log_every=1, pretrain_warmup_iterations=0,
-             pretrain_joint_iterations=0, finetune_iterations=6)
+             pretrain_joint_iterations=0, finetune_iterations=6, cpu_bf16=False)  # layouts compared in fp32
 
 
 @pytest.fixture(scope="module")

@@ -529,6 +529,7 @@ def test_format_device_info():
     assert "not installed" in formatting.format_device_info(None)
     cpu = {"torch": "2.13.0", "torch_cuda": None, "cuda_available": False, "cpu_count": 16}
     assert formatting.format_device_info(cpu) == "CPU only (16 cores) \u00b7 torch 2.13.0 (CPU-only build)"
+    assert formatting.format_device_info({**cpu, "cpu_bf16": True}).startswith("CPU only (16 cores, bf16) \u00b7")
     gpu = {"torch": "2.13.0", "torch_cuda": "12.8", "cuda_available": True,
            "cuda_devices": [{"name": "NVIDIA H100", "memory_gib": 79.6}]}
     assert formatting.format_device_info(gpu) == "GPU: NVIDIA H100 (79.6 GiB) \u00b7 torch 2.13.0 (CUDA 12.8)"

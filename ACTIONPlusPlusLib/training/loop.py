@@ -109,7 +109,7 @@ class Trainer:
         self.sync_gradients: Callable[[], None] | None = None
         self.sync_buffers: Callable[[], None] | None = None
         # --- mixed precision (issue 11): the dtype the GPU supports; fp16 needs a gradient scaler ---
-        self.amp_dtype = amp_dtype(self.device, cfg.amp)
+        self.amp_dtype = amp_dtype(self.device, cfg.amp, cpu_bf16=cfg.cpu_bf16)
         self.scaler = grad_scaler(self.device, self.amp_dtype)
         if cfg.amp and self.device.type == "cuda" and self.amp_dtype is not torch.bfloat16:
             self.tracker.emit({"event": "warning", "message": f"this GPU has no native bf16: training in "

@@ -64,8 +64,11 @@ def format_device_info(info: Mapping[str, Any] | None) -> str:
         return f"GPU: {', '.join(gpu(d) for d in devices)}{SEP}{torch_text}"
     if info.get("mps_available"):
         return f"GPU: Apple MPS (operations it lacks run on the CPU){SEP}{torch_text}"
-    cpus = info.get("cpu_count")
-    return f"CPU only{f' ({cpus} cores)' if cpus else ''}{SEP}{torch_text}"
+    details = [f"{info['cpu_count']} cores"] if info.get("cpu_count") else []
+    if info.get("cpu_bf16"):  # training runs its convolutions in bf16 (config cpu_bf16)
+        details.append("bf16")
+    suffix = " (" + ", ".join(details) + ")" if details else ""
+    return f"CPU only{suffix}{SEP}{torch_text}"
 
 
 def close_during_run_question(kind: str, closing: str) -> str:
