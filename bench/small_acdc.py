@@ -96,6 +96,8 @@ def main() -> int:
     parser.add_argument("--seeds", default=None, help="comma-separated seeds (overrides --seed)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="config override for the ACTION++ arm (ablations)")
+    parser.add_argument("--set-both", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override for both arms (runtime settings, e.g. cpu_bf16=true)")
     parser.add_argument("--arms", type=arms_argument, default="actionpp,supervised", help="which arms to run (ablations: actionpp)")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "small_acdc")
     args = parser.parse_args()
@@ -105,6 +107,7 @@ def main() -> int:
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else [args.seed]
     local = max(8, args.size // 4)
     overrides = dict(kv.split("=", 1) for kv in args.set)
+    both = dict(kv.split("=", 1) for kv in args.set_both)
     base = preset("acdc", patch_size=[args.size, args.size], budget_iterations=args.budget,
                   local_window=local, local_stride=local // 2, local_pool=min(8, local // 2),
                   device=args.device, log_every=25, checkpoint_every=10**9)
@@ -113,13 +116,13 @@ def main() -> int:
     print(f"ACDC: {len(train_set.labeled)} labeled slices ({args.labeled} patients), {len(train_set.unlabeled)} "
           f"unlabeled slices, {len(val)} validation volumes; {args.size}x{args.size}, {base.total_iterations} "
           f"iterations each (phases {'+'.join(str(n) for n in (lambda l: (l.warmup, l.joint, l.finetune))(base.phase_lengths()))}), seeds {seeds}, torch {torch.__version__} on "
-          f"{args.device}" + (f"; ACTION++ overrides {overrides}" if overrides else ""), flush=True)
+          f"{args.device}" + (f"; ACTION++ overrides {overrides}" if overrides else "") + (f"; both arms {both}" if both else ""), flush=True)
     results: dict[str, list[float]] = {"ACTION++": [], "supervised-only": []}
     for seed in seeds:
         for name, mode in (("ACTION++", "actionpp"), ("supervised-only", "supervised")):
             if mode not in args.arms:
                 continue
-            run_cfg = base.replace(mode=mode, seed=seed, **(overrides if mode == "actionpp" else {}))
+            run_cfg = base.replace(mode=mode, seed=seed, **{**both, **(overrides if mode == "actionpp" else {})})
             run_dir = args.out / f"seed{seed}" / mode
             started = time.perf_counter()
             result = train(run_cfg, train_set.labeled, train_set.unlabeled if mode == "actionpp" else [], run_dir,

@@ -46,6 +46,8 @@ def main() -> int:
     parser.add_argument("--seeds", default="1337")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="config override for the ACTION++ arm (ablations)")
+    parser.add_argument("--set-both", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override for both arms (runtime settings, e.g. cpu_bf16=true)")
     parser.add_argument("--arms", type=arms_argument, default="actionpp,supervised", help="which arms to run (ablations: actionpp)")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "small_la")
     parser.add_argument("--resume", action="store_true",
@@ -60,6 +62,7 @@ def main() -> int:
     patch = [int(p) for p in args.patch.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
     overrides = dict(kv.split("=", 1) for kv in args.set)
+    both = dict(kv.split("=", 1) for kv in args.set_both)
     base = preset("la", patch_size=patch, budget_iterations=args.budget, device=args.device, log_every=25,
                   checkpoint_every=10**9)
     every = load_dataset(args.data, base, labeled=args.labeled + args.unlabeled + args.test, splits=("train",)).labeled
@@ -74,13 +77,13 @@ def main() -> int:
     print(f"LA: {len(labeled)} labeled, {len(unlabeled)} unlabeled, {len(test)} held-out scans; window "
           f"{'x'.join(map(str, patch))}, {lengths.total} iterations each (phases {lengths.warmup}+{lengths.joint}+"
           f"{lengths.finetune}), seeds {seeds}, torch {torch.__version__} on {args.device}"
-          + (f"; ACTION++ overrides {overrides}" if overrides else ""), flush=True)
+          + (f"; ACTION++ overrides {overrides}" if overrides else "") + (f"; both arms {both}" if both else ""), flush=True)
     results: dict[str, list[float]] = {"ACTION++": [], "supervised-only": []}
     for seed in seeds:
         for name, mode in (("ACTION++", "actionpp"), ("supervised-only", "supervised")):
             if mode not in args.arms:
                 continue
-            run_cfg = base.replace(mode=mode, seed=seed, **(overrides if mode == "actionpp" else {}))
+            run_cfg = base.replace(mode=mode, seed=seed, **{**both, **(overrides if mode == "actionpp" else {})})
             started = time.perf_counter()
             result = train(run_cfg, labeled, unlabeled if mode == "actionpp" else [], args.out / f"seed{seed}" / mode,
                            callback=progress_printer(name),
