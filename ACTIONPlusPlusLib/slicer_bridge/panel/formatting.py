@@ -65,7 +65,7 @@ def format_device_info(info: Mapping[str, Any] | None) -> str:
     if info.get("mps_available"):
         return f"GPU: Apple MPS (operations it lacks run on the CPU){SEP}{torch_text}"
     details = [f"{info['cpu_count']} cores"] if info.get("cpu_count") else []
-    if info.get("cpu_bf16"):  # training runs its convolutions in bf16 (config cpu_bf16)
+    if info.get("cpu_bf16"):  # the CPU has bf16 instructions: 3D training uses them (config cpu_bf16)
         details.append("bf16")
     suffix = " (" + ", ".join(details) + ")" if details else ""
     return f"CPU only{suffix}{SEP}{torch_text}"
