@@ -47,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ACTIONPlusPlusLib.config import preset  # noqa: E402
 from ACTIONPlusPlusLib.data.types import Case  # noqa: E402
-from ACTIONPlusPlusLib.device import amp_description, amp_dtype, resolve_device  # noqa: E402
+from ACTIONPlusPlusLib.device import amp_description, resolve_device  # noqa: E402
 from ACTIONPlusPlusLib.training.loop import Trainer  # noqa: E402
 
 REDUCED = {
@@ -263,7 +263,7 @@ def bench(name: str, shape: str, device: torch.device, iters: int, warm: int, ro
                else f"peak process RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
         lines.append(f"{name:4s} {shape:7s} patch {'x'.join(map(str, cfg.patch_size)):10s} batch {batch:4s} {phase:10s} "
                      f"{1 / seconds:7.2f} it/s ({seconds * 1000:8.1f} ms/it)  vs supervised step {ref * 1000:7.1f} ms: "
-                     f"ratio {seconds / ref:5.2f}  {mem}" + ops.get(phase, ""))
+                     f"ratio {seconds / ref:5.2f}  {mem}  {amp_description(trainers[phase].amp_dtype)}" + ops.get(phase, ""))
         print(lines[-1], flush=True)
     return lines
 
@@ -293,11 +293,9 @@ def main() -> None:
     SETTINGS.update(kv.split("=", 1) for kv in args.set)
     REDUCED["acdc"]["patch_size"] = [args.acdc_size, args.acdc_size]
     device = resolve_device(args.device)
-    probe = preset("acdc").replace(**SETTINGS)  # the precision every stage trains in
     shapes = {"reduced": ["reduced"], "real": ["real"], "both": ["reduced", "real"]}[args.shape or ("both" if device.type == "cuda" else "reduced")]
     print(f"torch {torch.__version__}, device {device}"
-          + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else f" ({os.cpu_count()} CPU cores, {torch.get_num_threads()} threads)")
-          + f", training in {amp_description(amp_dtype(device, probe.amp, cpu_bf16=probe.cpu_bf16))}")
+          + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else f" ({os.cpu_count()} CPU cores, {torch.get_num_threads()} threads)"))
     for shape in shapes:
         for name in args.presets.split(","):
             bench(name, shape, device, args.iterations, args.warm, args.rounds, args.ops, args.profile, args.compile,

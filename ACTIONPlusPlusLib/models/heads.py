@@ -313,33 +313,19 @@ class _GatherColumns(torch.autograd.Function):
     @staticmethod
     def forward(ctx, f: torch.Tensor, image: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(image, position)
-        ctx.shape = f.shape
-        ctx.stride = f.stride() if _flat_memory_is_dense(f) else None  # None: a contiguous gradient
+        # the map's layout without its memory: a dense map keeps its strides (channels-last stays
+        # channels-last), any other comes back contiguous (empty_like's preserve_format)
+        ctx.like = torch.empty_like(f, device="meta")
         return f[image, :, position]
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         image, position = ctx.saved_tensors
-        shape = ctx.shape
-        if ctx.stride is None:
-            out = grad.new_zeros(shape)
-        else:  # the gradient in the map's layout (channels-last stays channels-last), one flat block
-            out = torch.empty_strided(shape, ctx.stride, dtype=grad.dtype, device=grad.device).zero_()
+        out = torch.zeros_like(ctx.like, dtype=grad.dtype, device=grad.device)  # one dense block
         s_n, s_c, s_p = out.stride()
-        offsets = (image * s_n + position * s_p).unsqueeze(1) + torch.arange(shape[1], device=grad.device) * s_c
+        offsets = (image * s_n + position * s_p).unsqueeze(1) + torch.arange(out.shape[1], device=grad.device) * s_c
         out.as_strided((out.numel(),), (1,)).index_add_(0, offsets.reshape(-1), grad.reshape(-1))
         return out, None, None
-
-
-def _flat_memory_is_dense(f: torch.Tensor) -> bool:
-    """Whether ``f``'s strides describe a permutation of a dense block (so one flat buffer holds it)."""
-    order = sorted(range(f.dim()), key=lambda i: f.stride(i))
-    expected = 1
-    for i in order:
-        if f.shape[i] > 1 and f.stride(i) != expected:
-            return False
-        expected *= f.shape[i]
-    return True
 
 
 def _gather_columns(f: torch.Tensor, image: torch.Tensor, position: torch.Tensor) -> torch.Tensor:

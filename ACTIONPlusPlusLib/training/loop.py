@@ -110,6 +110,14 @@ class Trainer:
         self.sync_buffers: Callable[[], None] | None = None
         # --- mixed precision (issue 11): the dtype the GPU supports; fp16 needs a gradient scaler ---
         self.amp_dtype = amp_dtype(self.device, cfg.amp, cpu_bf16=cfg.cpu_bf16)
+        if self.device.type == "cpu" and self.amp_dtype is torch.bfloat16 and cfg.dim == 3 \
+                and min(cfg.patch_size[:2]) // 16 < 3:
+            # oneDNN's bf16 3D weight gradients come out as garbage (often NaN) when the V-Net's deepest
+            # stage is 2x2 in-plane (a patch under 48 in-plane; probed with torch 2.13 on AVX512-BF16):
+            # such patches train in fp32
+            self.amp_dtype = None
+            self.tracker.emit({"event": "warning", "message": "patch too small in-plane for bf16 on this CPU: "
+                               "training in fp32"})
         self.scaler = grad_scaler(self.device, self.amp_dtype)
         if cfg.amp and self.device.type == "cuda" and self.amp_dtype is not torch.bfloat16:
             self.tracker.emit({"event": "warning", "message": f"this GPU has no native bf16: training in "
