@@ -31,7 +31,9 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", help="labeled,unlabeled per iteration (both stages), e.g. 4,4")
     p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N")
     p.add_argument("--seed", type=int)
-    p.add_argument("--supervised-only", action="store_true", help="train the supervised-only baseline")
+    p.add_argument("--supervised-only", nargs="?", const="plain", choices=("plain", "copy-paste"), default=None,
+                   help="train a supervised-only baseline: plain (the default) or copy-paste, the fair baseline "
+                        "that mixes labeled images as ACTION++'s strong view mixes labeled and unlabeled ones")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config value (repeatable), e.g. --set lambda_a=0.1")
 
@@ -70,6 +72,7 @@ def build_config(preset_name: str, args: argparse.Namespace):
         overrides["seed"] = args.seed
     if args.supervised_only:
         overrides["mode"] = "supervised"
+        overrides["supervised_copy_paste"] = args.supervised_only == "copy-paste"
     for item in args.set:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
@@ -147,6 +150,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .training import phases_for, train
 
     cfg = build_config(args.preset, args)
+    if args.init_model is not None:  # a damaged or NaN model is refused before the run folder is touched
+        from .model_io import read_model_config
+
+        read_model_config(args.init_model)
     # under torchrun (RANK/WORLD_SIZE set): one process per GPU, DistributedDataParallel (docs/DISTRIBUTED.md)
     distributed = dist_utils.init_from_env(cfg.device)
     finished = False

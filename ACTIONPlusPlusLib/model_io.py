@@ -1,7 +1,9 @@
 """The inference model file (``model.pt``, docs/ARCHITECTURE.md "Model file").
 
 Format: ``{"format": "actionpp-model", "version": 1, "config": cfg.to_dict(), "state_dict": student
-weights on CPU, "class_names": [...], "meta": {...}}``.  Only plain containers, numbers, strings and
+weights on CPU, "class_names": [...], "meta": {...}, "checksum": {"algorithm": "sha256", "tensors": HEX}}``
+(checksums.py: a file damaged after it was written is refused, naming it; files written before the
+checksum existed have none and still load).  NaN/Inf weights are refused whatever the file's age.  Only plain containers, numbers, strings and
 tensors go in, so the file loads with ``torch.load(weights_only=True)`` (no arbitrary code runs when a
 user opens a model someone sent them) and, being on CPU, loads on a machine without CUDA.
 
@@ -25,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .checksums import CHECKSUM_KEY, checksum_problem, non_finite_tensors, tensor_checksum
 from .config import Config
 from .errors import ModelFileError
 from .io_utils import atomic_torch_save
@@ -101,6 +104,7 @@ def save_model(path: str | Path, model: nn.Module, cfg: Config, **meta: Any) -> 
         "class_names": list(cfg.class_names),
         "meta": _plain(info),
     }
+    payload[CHECKSUM_KEY] = tensor_checksum(payload)
     return atomic_torch_save(payload, Path(path))
 
 
@@ -164,6 +168,14 @@ def _extract(path: Path, data: dict[str, Any]) -> tuple[dict[str, Any], Mapping[
         raise ModelFileError(f"{path}: the stored config is not a dict")
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ModelFileError(f"{path}: the stored weights are not a state dict of tensors")
+    problem = checksum_problem(data)
+    if problem is not None:
+        raise ModelFileError(f"{path} is damaged: {problem}")
+    bad = non_finite_tensors(state)
+    if bad:
+        raise ModelFileError(
+            f"{path} is damaged or was saved from a diverged run: its {kind} weights hold NaN/Inf values "
+            f"({', '.join(bad)}); use another model file")
     return dict(config), state, kind
 
 
