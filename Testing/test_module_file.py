@@ -1,7 +1,9 @@
-"""The Slicer module file and its .ui, checked without Slicer (the file is parsed, never imported).
+"""The Slicer module file and its .ui, checked without Slicer (the files are parsed, never imported).
 
-- ACTIONPlusPlus.py compiles and imports only what exists inside Slicer;
-- it keeps the conventional four classes, and every Lib name it uses exists;
+- ACTIONPlusPlus.py, its Qt parts (ACTIONPlusPlusPanel/) and its self-test (Testing/Python/) compile and
+  import only what exists inside Slicer;
+- the module file keeps the conventional classes (module, widget, logic; the Test class in
+  Testing/Python, Slicer's layout, which the module's runTest loads), and every Lib name they use exists;
 - the .ui is well-formed and holds every widget the module looks up, with parameter bindings that match
   the parameterNodeWrapper;
 - optionally (PySide6 installed) the .ui is rendered offscreen; with ACTIONPP_SAVE_SCREENSHOT=1 the picture
@@ -22,12 +24,17 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 MODULE_FILE = REPO / "ACTIONPlusPlus" / "ACTIONPlusPlus.py"
+PANEL_FILES = sorted((REPO / "ACTIONPlusPlus" / "ACTIONPlusPlusPanel").glob("*.py"))
+TEST_FILE = REPO / "ACTIONPlusPlus" / "Testing" / "Python" / "ACTIONPlusPlusTest.py"
+GUI_FILES = [MODULE_FILE, *PANEL_FILES, TEST_FILE]
+MODULE_FILE_LIMIT = 600  # lines: the module file is wiring; Qt parts go to ACTIONPlusPlusPanel/, helpers to the Lib
 UI_FILE = REPO / "ACTIONPlusPlus" / "Resources" / "UI" / "ACTIONPlusPlus.ui"
 SCREENSHOT = REPO / "ACTIONPlusPlus" / "Resources" / "Screenshots" / "panel.png"
 LIB = REPO / "ACTIONPlusPlusLib"
 
 # what Slicer's Python offers besides the standard library
-SLICER_TOP_LEVEL = {"qt", "ctk", "vtk", "slicer", "numpy", "packaging", "PyTorchUtils", "SampleData", "ACTIONPlusPlusLib"}
+SLICER_TOP_LEVEL = {"qt", "ctk", "vtk", "slicer", "numpy", "packaging", "PyTorchUtils", "SampleData", "ACTIONPlusPlusLib",
+                    "ACTIONPlusPlusPanel", "ACTIONPlusPlus"}
 SLICER_SUBMODULES = {"slicer.ScriptedLoadableModule", "slicer.util", "slicer.parameterNodeWrapper", "slicer.i18n"}
 # names a scripted module may import directly from ``slicer``
 SLICER_NAMES = {"vtkMRMLScalarVolumeNode", "vtkMRMLSegmentationNode", "vtkMRMLLabelMapVolumeNode", "vtkMRMLScriptedModuleNode"}
@@ -43,13 +50,27 @@ def tree() -> ast.Module:
 
 
 @pytest.fixture(scope="module")
+def test_tree() -> ast.Module:
+    return ast.parse(TEST_FILE.read_text(), filename=str(TEST_FILE))
+
+
+def _gui_trees() -> list[ast.Module]:
+    return [ast.parse(path.read_text(), filename=str(path)) for path in GUI_FILES]
+
+
+def _gui_source(files=None) -> str:
+    return "\n".join(path.read_text() for path in (files or GUI_FILES))
+
+
+@pytest.fixture(scope="module")
 def ui() -> ET.ElementTree:
     return ET.parse(UI_FILE)
 
 
 def _module_ast(module: str) -> ast.Module | None:
     parts = module.split(".")
-    path = REPO.joinpath(*parts)
+    root = REPO / "ACTIONPlusPlus" if parts[0] == "ACTIONPlusPlusPanel" else REPO
+    path = root.joinpath(*parts)
     for candidate in (path.with_suffix(".py"), path / "__init__.py"):
         if candidate.is_file():
             return ast.parse(candidate.read_text())
@@ -77,13 +98,25 @@ def _top_level_names(module: ast.Module) -> set[str]:
 # ----------------------------------------------------------------------------------------- module file
 
 
-def test_module_file_compiles(tmp_path):
-    py_compile.compile(str(MODULE_FILE), cfile=str(tmp_path / "m.pyc"), doraise=True)
+@pytest.mark.parametrize("path", GUI_FILES, ids=lambda p: p.name)
+def test_module_files_compile(tmp_path, path):
+    py_compile.compile(str(path), cfile=str(tmp_path / "m.pyc"), doraise=True)
 
 
-def test_imports_exist_inside_slicer(tree):
+def test_module_file_is_wiring_with_short_methods(tree):
+    lines = len(MODULE_FILE.read_text().splitlines())
+    assert lines < MODULE_FILE_LIMIT, f"{MODULE_FILE.name} has {lines} lines: move the work to the Lib or ACTIONPlusPlusPanel/"
+    for path in [MODULE_FILE, *PANEL_FILES]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef):
+                length = node.end_lineno - node.lineno + 1
+                assert length <= 30, f"{path.name}: {node.name} is {length} lines"
+
+
+@pytest.mark.parametrize("path", GUI_FILES, ids=lambda p: p.name)
+def test_imports_exist_inside_slicer(path):
     stdlib = set(sys.stdlib_module_names)
-    for node in ast.walk(tree):
+    for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             modules = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -97,12 +130,12 @@ def test_imports_exist_inside_slicer(tree):
             assert top in stdlib or top in SLICER_TOP_LEVEL, f"{module} is not available inside Slicer"
             if top == "slicer" and "." in module:
                 assert module in SLICER_SUBMODULES, module
-            if top == "ACTIONPlusPlusLib" and module != "ACTIONPlusPlusLib":
+            if top in ("ACTIONPlusPlusLib", "ACTIONPlusPlusPanel") and module != top:
                 assert _module_ast(module) is not None, f"{module} does not exist"
         if isinstance(node, ast.ImportFrom) and node.module == "slicer":
             for alias in node.names:
                 assert alias.name in SLICER_NAMES, f"from slicer import {alias.name}"
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("ACTIONPlusPlusLib"):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith(("ACTIONPlusPlusLib", "ACTIONPlusPlusPanel")):
             if node.module == "ACTIONPlusPlusLib":
                 for alias in node.names:
                     assert _module_ast(f"ACTIONPlusPlusLib.{alias.name}") is not None, alias.name
@@ -113,8 +146,8 @@ def test_imports_exist_inside_slicer(tree):
                     assert alias.name in defined or is_submodule, f"{node.module} has no {alias.name}"
 
 
-def test_torch_is_never_imported_by_the_module_file(tree):
-    for node in ast.walk(tree):
+def test_torch_is_never_imported_by_the_module_files():
+    for node in (n for gui in _gui_trees() for n in ast.walk(gui)):
         if isinstance(node, ast.Import):
             assert all(a.name.split(".")[0] != "torch" for a in node.names)
         if isinstance(node, ast.ImportFrom):
@@ -123,10 +156,11 @@ def test_torch_is_never_imported_by_the_module_file(tree):
 
 def test_no_torch_in_slicers_process_when_the_panel_opens(tree):
     """The device list comes from a child process (runner.DeviceProbe), never from describe_devices here."""
-    source = MODULE_FILE.read_text()
+    source = _gui_source([MODULE_FILE, *PANEL_FILES])
     assert "describe_devices" not in source and "ACTIONPlusPlusLib.device" not in source
-    assert "DeviceProbe" in source
-    for node in ast.walk(tree):  # the Lib modules the panel imports never import torch at their top level
+    assert "DeviceProbe" in MODULE_FILE.read_text()
+    panel_nodes = [n for path in PANEL_FILES for n in ast.walk(ast.parse(path.read_text()))]
+    for node in [*ast.walk(tree), *panel_nodes]:  # the Lib modules the panel imports never import torch at their top level
         if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("ACTIONPlusPlusLib"):
             for alias in node.names:
                 module = f"{node.module}.{alias.name}"
@@ -153,9 +187,20 @@ def test_train_button_never_cancels_a_prediction(tree):
     assert "self.ui.trainButton" in buttons and "cancelButton.visible" in buttons
 
 
-def test_self_test_run_does_not_skip_with_an_error_dialog(tree):
-    run = ast.unparse(_function(tree, "ACTIONPlusPlusTest", "runTest"))
+def test_self_test_run_does_not_skip_with_an_error_dialog(test_tree):
+    run = ast.unparse(_function(test_tree, "ACTIONPlusPlusTest", "runTest"))
     assert "skipTest" not in run and "return" in run and "_missingDependencies" in run
+
+
+def test_reload_and_test_runs_the_self_test_from_testing_python(tree):
+    """Slicer's default runTest looks for ACTIONPlusPlusTest in the module file: ours loads it from
+    Testing/Python, and the ctest registers that file."""
+    run = ast.unparse(_function(tree, "ACTIONPlusPlus", "runTest"))
+    assert "selfTestClass()" in run and "messageDelay" in run
+    source = MODULE_FILE.read_text()
+    assert '"Testing", "Python", "ACTIONPlusPlusTest.py"' in source and TEST_FILE.is_file()
+    cmake = (TEST_FILE.parent / "CMakeLists.txt").read_text()
+    assert "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}Test.py)" in cmake
 
 
 def test_terminology_and_sample_data_at_startup(tree):
@@ -164,24 +209,28 @@ def test_terminology_and_sample_data_at_startup(tree):
     started = ast.unparse(_function(tree, "ACTIONPlusPlus", "onStartupCompleted"))
     assert "loadTerminology" in started and "registerSampleData" in started
     source = MODULE_FILE.read_text()
-    assert '"Terminology", terminology.TERMINOLOGY_FILE_NAME' in source and "LoadTerminologyFromFile" in source
+    assert '"Terminology", terminology.TERMINOLOGY_FILE_NAME' in source and "load_terminology_context" in source
+    assert "LoadTerminologyFromFile" in (LIB / "slicer_bridge" / "terminology_context.py").read_text()
 
 
-def test_conventional_classes(tree):
+def test_conventional_classes(tree, test_tree):
     classes = {node.name: [ast.unparse(b) for b in node.bases] for node in tree.body if isinstance(node, ast.ClassDef)}
     assert classes["ACTIONPlusPlus"] == ["ScriptedLoadableModule"]
-    assert classes["ACTIONPlusPlusWidget"] == ["ScriptedLoadableModuleWidget", "VTKObservationMixin"]
+    assert classes["ACTIONPlusPlusWidget"][:2] == ["ScriptedLoadableModuleWidget", "VTKObservationMixin"]
+    assert set(classes["ACTIONPlusPlusWidget"][2:]) == {"CaseListsMixin", "RunWatchMixin"}  # ACTIONPlusPlusPanel/
     assert classes["ACTIONPlusPlusLogic"] == ["ScriptedLoadableModuleLogic"]
-    assert classes["ACTIONPlusPlusTest"] == ["ScriptedLoadableModuleTest"]
+    assert "ACTIONPlusPlusTest" not in classes, "the Test class lives in Testing/Python (Slicer's layout)"
+    test_classes = {node.name: [ast.unparse(b) for b in node.bases] for node in test_tree.body if isinstance(node, ast.ClassDef)}
+    assert test_classes["ACTIONPlusPlusTest"] == ["ScriptedLoadableModuleTest"]
     wrapped = [n for n in tree.body if isinstance(n, ast.ClassDef) and any(ast.unparse(d) == "parameterNodeWrapper" for d in n.decorator_list)]
     assert [n.name for n in wrapped] == ["ACTIONPlusPlusParameterNode"]
-    test_class = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "ACTIONPlusPlusTest")
+    test_class = next(n for n in test_tree.body if isinstance(n, ast.ClassDef) and n.name == "ACTIONPlusPlusTest")
     methods = {f.name for f in test_class.body if isinstance(f, ast.FunctionDef)}
     assert {"setUp", "runTest", "test_TrainAndPredictPhantom", "test_BadInputLeavesNodesUntouched"} <= methods
 
 
-def test_no_custom_qt_signals(tree):
-    source = MODULE_FILE.read_text()
+def test_no_custom_qt_signals():
+    source = _gui_source()
     assert "qt.Signal" not in source and "Signal(" not in source, "use plain Python callbacks, not PythonQt signals"
 
 
@@ -208,13 +257,14 @@ def _imported_lib_modules(tree: ast.Module) -> dict[str, str]:
 
 def test_lib_names_used_by_the_module_exist(tree):
     modules = _imported_lib_modules(tree)
-    assert "run_progress" in modules and "job_options" in modules  # the panel helpers are found
-    for alias, module in modules.items():
-        used = _attribute_uses(tree, alias)
-        assert used, f"{alias} is imported but not used"
-        defined = _top_level_names(_module_ast(module))
-        missing = sorted(used - defined)
-        assert not missing, f"{module} has no {missing}"
+    assert "dependencies" in modules and "job_options" in modules  # the panel helpers are found
+    for gui in _gui_trees():
+        for alias, module in _imported_lib_modules(gui).items():
+            used = _attribute_uses(gui, alias)
+            assert used, f"{alias} is imported but not used"
+            defined = _top_level_names(_module_ast(module))
+            missing = sorted(used - defined)
+            assert not missing, f"{module} has no {missing}"
 
 
 def test_bridge_and_runner_calls_match_their_signatures():
@@ -223,7 +273,7 @@ def test_bridge_and_runner_calls_match_their_signatures():
 
     from ACTIONPlusPlusLib.slicer_bridge import job_folder, results, runner
 
-    source = MODULE_FILE.read_text()
+    source = _gui_source()
     write = inspect.signature(job_folder.write_training_job).parameters
     for keyword in re.findall(r"\b(output_dir|predict_unlabeled|progress)=", source):
         assert keyword in write
@@ -256,10 +306,11 @@ def test_ui_is_well_formed(ui):
     assert len(names) == len(set(names)), "duplicate widget names"
 
 
-def test_every_widget_the_module_uses_is_in_the_ui(tree, ui):
+def test_every_widget_the_module_uses_is_in_the_ui(ui):
     used = {
         node.attr
-        for node in ast.walk(tree)
+        for gui in _gui_trees()
+        for node in ast.walk(gui)
         if isinstance(node, ast.Attribute)
         and isinstance(node.value, ast.Attribute)
         and node.value.attr == "ui"

@@ -110,7 +110,9 @@ def test_every_lib_resource_is_listed(module_sets):
 
 def test_every_module_python_file_is_listed(module_sets):
     listed = set(module_sets["MODULE_PYTHON_SCRIPTS"]) | set(module_sets["MODULE_PYTHON_RESOURCES"])
-    on_disk = sorted(p.name for p in MODULE_DIR.glob("*.py"))
+    on_disk = sorted(p.relative_to(MODULE_DIR).as_posix() for p in MODULE_DIR.rglob("*.py")
+                     if "__pycache__" not in p.parts and p.relative_to(MODULE_DIR).as_posix() not in DEV_ONLY)
+    assert "ACTIONPlusPlusPanel/run_watch.py" in on_disk and "Testing/Python/ACTIONPlusPlusTest.py" in on_disk
     missing = [f for f in on_disk if f not in listed]
     assert not missing, _paste_hint("MODULE_PYTHON_SCRIPTS", missing)
     assert "ACTIONPlusPlus.py" in module_sets["MODULE_PYTHON_SCRIPTS"]
@@ -172,7 +174,12 @@ def test_module_cmake_macros():
     ):
         assert keyword in body, keyword
     testing = re.search(r"if\(BUILD_TESTING\)(.*?)endif\(\)", text, re.S)
-    assert testing and "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in testing.group(1)
+    assert testing and "add_subdirectory(Testing)" in testing.group(1)
+    # Slicer's layout: Testing/CMakeLists.txt -> Testing/Python/CMakeLists.txt registers the self-test
+    assert "add_subdirectory(Python)" in _strip_comments((MODULE_DIR / "Testing" / "CMakeLists.txt").read_text())
+    python = _strip_comments((MODULE_DIR / "Testing" / "Python" / "CMakeLists.txt").read_text())
+    assert "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}Test.py)" in python
+    assert (MODULE_DIR / "Testing" / "Python" / "ACTIONPlusPlusTest.py").is_file()
 
 
 # ------------------------------------------------------------------------------------- top-level CMake

@@ -1,4 +1,5 @@
-"""Calls into Slicer APIs whose keyword arguments differ between Slicer versions.
+"""Calls into Slicer APIs whose keyword arguments differ between Slicer versions, and whether the
+application may show a dialog (which differs by version and command line).
 
 Pure Python for the Slicer panel: no Qt, no slicer, no torch at import time, so it is tested
 without Slicer.
@@ -36,3 +37,16 @@ def call_with_supported(func: Callable[..., Any], *args: Any, **kwargs: Any) -> 
     """Call ``func`` with only the keyword arguments its signature accepts (Slicer APIs differ by version)."""
     kept, _ = adapt_options(kwargs, accepted_keywords(func))
     return func(*args, **kept)
+
+
+def is_interactive(app: Any, main_window: Any) -> bool:
+    """Whether the application may show a dialog: not under ``--testing`` nor ``--no-main-window`` (older
+    Slicers have no ``commandOptions().noMainWindow``), and only with a main window."""
+    if app.testingEnabled():
+        return False
+    try:
+        if app.commandOptions().noMainWindow:
+            return False
+    except AttributeError:
+        pass
+    return main_window is not None

@@ -1,0 +1,105 @@
+"""The panel's case lists: the labeled (volume, segmentation) table, the unlabeled volume list, and
+"Add prediction as labeled". A mixin of ``ACTIONPlusPlusWidget`` (it uses the widget's ``ui``,
+``_parameterNode``, ``logic``, ``showStatus`` and ``showError``); the checks are the bridge's."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import qt
+
+import slicer
+from slicer.i18n import tr as _
+
+from ACTIONPlusPlusLib.slicer_bridge import node_selection
+from ACTIONPlusPlusLib.slicer_bridge.panel import selection_checks
+
+
+class CaseListsMixin:
+    """Labeled pairs and unlabeled volumes, kept in the parameter node (saved with the scene)."""
+
+    def _labeledPairs(self) -> list[tuple[Any, Any]]:
+        """The labeled pairs whose nodes still exist (a removed node drops its pair)."""
+        if self._parameterNode is None:
+            return []
+        return [(v, s) for v, s in self._parameterNode.labeledPairs
+                if v is not None and s is not None and v.GetScene() and s.GetScene()]
+
+    def _unlabeledVolumes(self) -> list[Any]:
+        """Checked items of the unlabeled list, as nodes."""
+        items = [self.ui.unlabeledListWidget.item(row) for row in range(self.ui.unlabeledListWidget.count)]
+        nodes = [slicer.mrmlScene.GetNodeByID(i.data(qt.Qt.UserRole)) for i in items if i.checkState() == qt.Qt.Checked]
+        return [node for node in nodes if node is not None]
+
+    def updateCaseLists(self) -> None:
+        """Refill the labeled table and the unlabeled list from the parameter node and the scene."""
+        if self._parameterNode is None or self._updatingGUI:
+            return
+        self._updatingGUI = True
+        try:
+            pairs = self._labeledPairs()
+            self._fillLabeledTable(pairs)
+            self._fillUnlabeledList([v.GetID() for v, _s in pairs])
+        finally:
+            self._updatingGUI = False
+
+    def _fillLabeledTable(self, pairs: list[tuple[Any, Any]]) -> None:
+        table = self.ui.labeledTableWidget
+        table.setRowCount(len(pairs))
+        for row, (volume, segmentation) in enumerate(pairs):
+            table.setItem(row, 0, qt.QTableWidgetItem(volume.GetName()))
+            table.setItem(row, 1, qt.QTableWidgetItem(segmentation.GetName()))
+
+    def _fillUnlabeledList(self, labeledIDs: list[str]) -> None:
+        excluded = {n.GetID() for n in self._parameterNode.excludedVolumes if n is not None}
+        scene = [n.GetID() for n in node_selection.candidate_volumes(slicer.mrmlScene)]
+        listWidget = self.ui.unlabeledListWidget
+        listWidget.clear()
+        for nodeID in selection_checks.unlabeled_candidates(scene, labeledIDs):
+            item = qt.QListWidgetItem(slicer.mrmlScene.GetNodeByID(nodeID).GetName())
+            item.setData(qt.Qt.UserRole, nodeID)
+            item.setFlags(item.flags() | qt.Qt.ItemIsUserCheckable)
+            item.setCheckState(qt.Qt.Unchecked if nodeID in excluded else qt.Qt.Checked)
+            listWidget.addItem(item)
+
+    def onAddPair(self) -> None:
+        volume = self.ui.labeledVolumeSelector.currentNode()
+        segmentation = self.ui.labeledSegmentationSelector.currentNode()
+        if volume is None or segmentation is None:
+            return self.showError(_("Pick a volume and its segmentation, then click Add labeled case."))
+        if any(v is volume for v, _s in self._labeledPairs()):
+            return self.showError(_("Volume '{name}' is already a labeled case.").format(name=volume.GetName()))
+        entries = node_selection.segment_entries(segmentation)
+        problem = selection_checks.segments_problem(segmentation.GetName(), entries, self._preset())
+        if problem:
+            return self.showError(problem)
+        self._parameterNode.labeledPairs = self._labeledPairs() + [(volume, segmentation)]
+        self.showStatus(_("Added labeled case {volume} + {segmentation}.").format(volume=volume.GetName(), segmentation=segmentation.GetName()))
+
+    def onRemovePairs(self) -> None:
+        rows = {index.row() for index in self.ui.labeledTableWidget.selectionModel().selectedRows()}
+        if not rows:
+            return self.showError(_("Select the labeled cases to remove in the table."))
+        self._parameterNode.labeledPairs = [pair for row, pair in enumerate(self._labeledPairs()) if row not in rows]
+
+    def onUnlabeledItemChanged(self, item) -> None:
+        node = slicer.mrmlScene.GetNodeByID(item.data(qt.Qt.UserRole))
+        if self._updatingGUI or self._parameterNode is None or node is None:
+            return
+        excluded = [n for n in self._parameterNode.excludedVolumes if n is not None and n is not node]
+        if item.checkState() != qt.Qt.Checked:
+            excluded.append(node)
+        self._parameterNode.excludedVolumes = excluded
+
+    def onAddAsLabeled(self) -> None:
+        segmentation = self.ui.resultSegmentationSelector.currentNode()
+        if segmentation is None:
+            return self.showError(_("Pick a prediction (segmentation) first."))
+        volume = node_selection.source_volume(slicer.mrmlScene, segmentation)
+        if volume is None:
+            return self.showError(_("No volume is known for '{name}': add it with Labeled cases > Volume / Segmentation instead.").format(
+                name=segmentation.GetName()))
+        pairs = [pair for pair in self._labeledPairs() if pair[0] is not volume]
+        self._parameterNode.labeledPairs = pairs + [(volume, segmentation)]
+        self.showStatus(_("'{segmentation}' is now the labeled case of '{volume}'. Train again to use it.").format(
+            segmentation=segmentation.GetName(), volume=volume.GetName()))

@@ -1,0 +1,140 @@
+"""The panel's view of a running worker: start, poll, progress, live chart, cancel, and the results
+loaded back as new nodes. A mixin of ``ACTIONPlusPlusWidget`` (it uses the widget's ``ui``, ``logic``,
+``_run``, ``_timer``, ``plotWidget``, ``_parameterNode``, ``_panelSettings`` and its message methods);
+the events are read by ``panel.run_progress`` and the nodes made by the bridge."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import qt
+
+import slicer
+from slicer.i18n import tr as _
+
+from ACTIONPlusPlusLib.slicer_bridge import charts, module_jobs
+from ACTIONPlusPlusLib.slicer_bridge.panel import active_run, formatting
+
+
+class RunWatchMixin:
+    """One run at a time (``self._run``), polled by ``self._timer``."""
+
+    def _startRun(self, jobPath: Path, kind: str) -> None:
+        settings = self._panelSettings()
+        worker = self.logic.startWorker(jobPath, settings.device)
+        self._run = active_run.ActiveRun(worker, Path(jobPath), kind, settings.confidence, settings.preset)
+        if kind == "train":
+            self._run.chart = charts.create_training_chart(slicer.mrmlScene, Path(jobPath).parent.name)
+            self.showChart()
+        self.ui.progressBar.value = 0
+        self.appendLog(_("Job: {path}").format(path=jobPath))
+        self.showStatus(_("Starting the worker\u2026"))
+        self.updateButtons()
+        self._timer.start()
+
+    def onPollWorker(self) -> None:
+        run = self._run
+        if run is None:
+            return self._timer.stop()
+        try:
+            self._consume(run)
+            if not run.worker.is_running:
+                self._consume(run)  # what it printed last
+                self._finishRun(run)
+        except Exception as exc:
+            logging.exception("ACTION++: while watching the worker")
+            self._run = None
+            self._timer.stop()
+            self.showError(exc)
+            self.updateButtons()
+
+    def _consume(self, run: active_run.ActiveRun) -> None:
+        for event in run.worker.poll_events():
+            run.events.append(event)
+            line = run.tracker.handle(event)
+            if line:
+                self.appendLog(line)
+        logLines = run.worker.log_lines  # stderr and stray output: moved into the panel's log
+        while logLines:
+            self.appendLog(logLines.popleft())
+        if run.chart is not None and len(run.tracker.history.rows) != run.chart_rows:
+            charts.update_training_chart(slicer.mrmlScene, run.chart, run.tracker.history)
+            run.chart_rows = len(run.tracker.history.rows)
+        self.ui.progressBar.value = int(round(run.tracker.percent))
+        if not run.cancelled:
+            self.showStatus(run.tracker.status)
+
+    def _finishRun(self, run: active_run.ActiveRun) -> None:
+        self._timer.stop()
+        self._run = None
+        code = run.worker.exit_code
+        if run.kind == "train" and run.tracker.seconds_per_iteration:
+            self.logic.memory.remember_speed(run.preset, run.trained_device(), run.tracker.seconds_per_iteration)
+            self.updateEstimate()  # the next estimate uses the measured speed
+        try:
+            if code == 0 and run.scene_closed:
+                self.showStatus(_("Finished. The scene was closed meanwhile: the results are in {folder}.").format(folder=run.run_folder))
+            elif code == 0:
+                self._showResults(run)
+            else:
+                self.showError(run.tracker.outcome_message(code))
+        finally:
+            self.updateButtons()
+
+    def _showResults(self, run: active_run.ActiveRun) -> None:
+        """The run's predictions as new nodes, the last one shown and selected for "Add as labeled"."""
+        imports = module_jobs.load_results(slicer.mrmlScene, run.run_folder, run.events, with_confidence=run.confidence)
+        self.logic.showResults(imports)
+        added = [i.segmentation_node for i in imports if i.segmentation_node is not None]
+        if added:
+            self.ui.resultSegmentationSelector.setCurrentNode(added[-1])
+        if run.tracker.model_path and run.kind == "train" and self._parameterNode is not None:
+            self._parameterNode.modelPath = Path(run.tracker.model_path)
+        skipped = [i.message for i in imports if i.message]
+        for text in skipped:
+            self.appendLog(text)
+        message = _("Finished: {count} segmentation(s) added.").format(count=len(added))
+        if skipped:
+            self.showError(" ".join([message, *skipped]))
+        else:
+            self.showStatus(message)
+        self.ui.progressBar.value = 100
+
+    def onCancel(self) -> None:
+        if self._run is None:
+            return
+        self._run.cancelled = True
+        self.showStatus(_("Cancelling\u2026 the worker saves its checkpoint first."))
+        # non-blocking: the worker saves its checkpoint and exits; the polling timer picks up the end (and
+        # kills whatever of the process tree is still alive 10 s later)
+        self._run.worker.request_cancel(kill_after=10.0)
+
+    def showChart(self) -> None:
+        """The run's loss chart, or its pseudo-label chart when that box is ticked."""
+        run = self._run
+        if run is None or run.chart is None or self._parameterNode is None:
+            return
+        chart = run.chart.pseudo_labels if self._parameterNode.showPseudoLabels else run.chart.losses
+        viewNode = self.plotWidget.mrmlPlotViewNode()
+        if viewNode is None or viewNode.GetScene() is None:
+            viewNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLPlotViewNode", "ACTION++ training plot view")
+            self.plotWidget.setMRMLPlotViewNode(viewNode)
+        viewNode.SetPlotChartNodeID(chart.GetID())
+
+
+class CloseGuard(qt.QObject):
+    """Asks before the application closes during a run (the close is refused when the user says no)."""
+
+    def __init__(self, widget: "RunWatchMixin") -> None:
+        qt.QObject.__init__(self)
+        self.widget = widget
+
+    def eventFilter(self, obj, event) -> bool:
+        run = self.widget._run
+        if event.type() == qt.QEvent.Close and run is not None and self.widget.logic.isInteractive():
+            if not slicer.util.confirmYesNoDisplay(formatting.close_during_run_question(run.kind, "application"),
+                                                   windowTitle=_("ACTION++")):
+                event.ignore()
+                return True
+        return False
