@@ -127,10 +127,13 @@ def _overrides(preset: str, args: argparse.Namespace) -> dict[str, Any]:
         overrides[key.strip()] = value.strip()
     from ACTIONPlusPlusLib.config import preset as make_preset
 
+    from ACTIONPlusPlusLib.config_checks import check_config
+
     try:
-        cfg = make_preset(preset, **overrides)
+        cfg = check_config(make_preset(preset, **overrides))  # every value, as the CLI and the worker check it
     except ValueError as exc:
-        raise BatchError(f"invalid configuration: {exc}") from exc
+        raise BatchError(f"invalid configuration: {exc}" if not str(exc).startswith("invalid configuration")
+                         else str(exc)) from exc
     # store typed values (the strings of --set parsed by the config)
     return {key: getattr(cfg, key) for key in overrides}
 

@@ -78,10 +78,13 @@ def build_config(preset_name: str, args: argparse.Namespace):
         if not sep or not key.strip():
             raise DataError(f"--set expects KEY=VALUE, got {item!r}")
         overrides[key.strip()] = value.strip()
+    from .config_checks import check_config
+
     try:
-        return preset(preset_name, **overrides)
+        cfg = preset(preset_name, **overrides)
     except (TypeError, ValueError) as exc:
         raise DataError(f"invalid configuration: {_config_problem(preset_name, overrides, exc)}") from exc
+    return check_config(cfg)  # every value (types, ranges, finite, patch sizes), before any folder is touched
 
 
 def _config_problem(preset_name: str, overrides: dict[str, Any], exc: Exception) -> str:

@@ -229,10 +229,14 @@ def read_job(path: str | Path) -> TrainingJob:
             raise bad("resume", f"is true but there is no checkpoint to resume from: {checkpoint}")
 
     overrides = typed("overrides", (dict,), "an object of Config keys and values")
+    from .config_checks import config_problems, override_problem
+
     try:
-        make_preset(preset, **overrides)
+        problems = config_problems(make_preset(preset, **overrides))  # every value, as the CLI checks them
     except (ValueError, TypeError) as exc:
-        raise bad("overrides", f"is invalid: {exc}") from exc
+        raise bad("overrides", f"is invalid: {override_problem(preset, overrides, exc)}") from exc
+    if problems:
+        raise bad("overrides", f"is invalid: {problems[0]}")
 
     device = typed("device", (str,), "a string")
     if not _DEVICE_RE.match(device):

@@ -254,8 +254,14 @@ def run(job_path: Path, emit: Callable[[dict[str, Any]], None], should_stop: Sto
 
     try:
         cfg = make_preset(job.preset, **job.overrides).replace(seed=job.seed, device=job.device)
-    except ValueError as exc:
-        raise DataError(f"job file {job_path}: field 'overrides' is invalid: {exc}") from exc
+    except (TypeError, ValueError) as exc:
+        from ACTIONPlusPlusLib.config_checks import override_problem
+
+        raise DataError(f"job file {job_path}: field 'overrides' is invalid: "
+                        f"{override_problem(job.preset, job.overrides, exc)}") from exc
+    from ACTIONPlusPlusLib.config_checks import check_config
+
+    check_config(cfg, f"job file {job_path}: field 'overrides' is invalid")
 
     model_path: Path | None = Path(job.model) if job.model is not None else None
     checkpoint = Path(job.output_dir) / "checkpoint.pt"

@@ -156,3 +156,69 @@ def test_damaged_init_model_exits_2_and_leaves_the_old_run_in_place(tmp_path, da
     assert code == 2, err
     assert str(init) in err and "damaged" in err and "learning rate" not in err
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing moved aside
+
+
+# --- 2. every option value checked before any folder is touched ------------------------------------------
+
+
+BAD_OPTIONS = [
+    (["--patch-size", "0,0"], "patch_size=0,0"),
+    (["--patch-size", "40,40"], "patch_size"),
+    (["--batch-size", "2,0"], "pretrain_unlabeled_batch=0"),
+    (["--set", "checkpoint_every=0"], "checkpoint_every=0"),
+    (["--set", "lr=-1"], "lr=-1.0"),
+    (["--set", "lr=inf"], "lr=inf"),
+    (["--set", "lambda_a=nan"], "lambda_a=nan"),
+    (["--set", "ema_decay=5"], "ema_decay=5.0"),
+    (["--set", "log_every=0"], "log_every=0"),
+    (["--set", "pseudo_threshold=1.5"], "pseudo_threshold=1.5"),
+]
+
+
+@pytest.mark.parametrize("extra, expected", BAD_OPTIONS)
+def test_bad_option_values_exit_2_before_any_file_is_written(tmp_path, data, capsys, extra, expected):
+    out = tmp_path / "run"
+    code = main(["train", "--preset", "acdc", "--data", str(data), "--out", str(out), "--labeled", "2", *TINY, *extra])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and expected in lines[0], err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("extra, expected", BAD_OPTIONS[3:5])
+def test_overwrite_with_a_bad_value_leaves_the_old_run_in_place(tmp_path, data, capsys, extra, expected):
+    out = tmp_path / "run"
+    before = _old_run(out)
+    code = main(["train", "--preset", "acdc", "--data", str(data), "--out", str(out), "--labeled", "2", "--overwrite",
+                 *TINY, *extra])
+    assert code == 2
+    assert expected in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_worker_job_with_a_bad_value_is_refused_before_training(tmp_path, data):
+    from ACTIONPlusPlusLib import worker
+    from ACTIONPlusPlusLib.errors import DataError
+    from ACTIONPlusPlusLib.jobs import TrainingJob, write_job
+
+    for overrides, expected in [({"ema_decay": 5}, "ema_decay=5"), ({"finetune_unlabeled_batch": 0}, "finetune_unlabeled_batch=0"),
+                                ({"patch_size": 32}, "patch_size"), ({"lr": "nan"}, "lr=nan")]:
+        out = tmp_path / f"run{len(expected)}"
+        job = write_job(TrainingJob(mode="train", preset="acdc", output_dir=out, dataset_dir=data,
+                                    overrides=overrides, device="cpu"), tmp_path / "job.json")
+        with pytest.raises(DataError, match=expected):
+            worker.run(job, [].append, worker.StopFlag(None))
+        assert not out.exists()
+
+
+def test_config_problems_names_each_bad_value():
+    from ACTIONPlusPlusLib.config_checks import config_problems
+
+    assert config_problems(preset("acdc")) == [] and config_problems(preset("la")) == []
+    assert config_problems(preset("acdc", num_threads=1, log_every=1, checkpoint_every=2, patch_size=[32, 32])) == []
+    bad = preset("la").replace(ema_decay=0.5)
+    bad.ema_decay, bad.patch_size, bad.seed = 1.0, [112, 112, 0], "x"
+    problems = config_problems(bad)
+    assert any(p.startswith("ema_decay=1.0") for p in problems) and any(p.startswith("seed='x'") for p in problems)
+    assert any("patch_size=112,112,0" in p for p in problems)
