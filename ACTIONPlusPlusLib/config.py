@@ -42,7 +42,7 @@ class Config:
     budget_joint_fraction: float = 1 / 6  # 5K / 30K
     # pre-training gets its full fractions from this budget upward (the paper's total) and a share that
     # shrinks linearly with shorter budgets (dropped when a phase falls under 25 iterations): measured on
-    # real ACDC at 600 iterations, pre-training cost 4 Dice points (README); 0 = full fractions always
+    # real ACDC at 600 iterations, pre-training cost 4 Dice points (docs/DESIGN.md); 0 = full fractions always
     budget_pretrain_full: int = 30000
 
     # --- batches (D12) ----------------------------------------------------------------------------
@@ -112,14 +112,14 @@ class Config:
     saacl_anchors_per_class: int = 256
     saacl_queue_size: int = 12288
     centroid_momentum: float = 0.1  # eta of Eq. 4
-    # "cutmix" | "classmix" | "none".  Both presets use the box (README "Design decisions"): with one
+    # "cutmix" | "classmix" | "none".  Both presets use the box (docs/DESIGN.md): with one
     # foreground class ClassMix's mask IS the teacher's pseudo-label, so the pasted region's edge is the
     # pseudo-label's boundary and the student can read the label off the paste (LA, 64x64x48, 400
     # iterations, seed 1337: classmix 12.07, cutmix 27.85, supervised-only 22.12); spec 6.1's 3D default
     # is one override away: mix="classmix"
     mix: str = "cutmix"
     # 3D box: the share of the depth it spans (spec 12.13: the code's 20 of 80 slices, 0.25); in-plane it
-    # always covers about half the area.  The whole depth (1.0) measured worse on LA (README)
+    # always covers about half the area.  The whole depth (1.0) measured worse on LA (docs/DESIGN.md)
     cutmix_depth_fraction: float = 0.25
     # whose image fills the rest of the strong view: "labeled" pastes a labeled image and its ground truth
     # (bidirectional copy-paste, Bai et al. CVPR 2023: labeled pixels seen in unlabeled context, supervised
@@ -130,32 +130,32 @@ class Config:
     # image over the box, which usually covers the centred heart: the teacher's labels of unlabeled
     # foreground were then almost never taught (taught RV/Myo/LV ~0.1 %; with both directions ~1 %).
     # Both directions measured better on ACDC at the quick budget and at 128x128 with 3 patients
-    # (README); the 3D preset keeps one direction (both scored lower on LA: 11.13 and 26.71 against
-    # 27.85 and 30.15 at two seeds, README)
+    # (docs/DESIGN.md); the 3D preset keeps one direction (both scored lower on LA: 11.13 and 26.71 against
+    # 27.85 and 30.15 at two seeds, docs/DESIGN.md)
     mix_bidirectional: bool = True
     # the share of a batch's unlabeled images that are mixed (the first round(share * n)); the others go
-    # through the strong view whole, so the teacher's labels of their own anatomy are taught (README)
+    # through the strong view whole, so the teacher's labels of their own anatomy are taught (docs/DESIGN.md)
     mix_share: float = 1.0
     # pseudo-label loss (issue 9): "pixel" = CE on the pixels whose teacher confidence passes their
     # class's threshold, over all pixels; "image" = spec 6.3 (per-image weight, no pixel mask)
     pseudo_loss: str = "pixel"
     # the pasted labeled pixels of the strong view (ground truth) are taught like the labeled batch: CE
     # and soft Dice over the pasted pixels.  False = CE only, dominated by the background, so the pasted
-    # anatomy weighed little (README: quick ACDC budget 57.35 / 61.00 / 56.50 / 58.66 / 61.99 against
+    # anatomy weighed little (docs/DESIGN.md: quick ACDC budget 57.35 / 61.00 / 56.50 / 58.66 / 61.99 against
     # 54.13 / 56.20 / 52.53 / 56.15 / 55.42 at seeds 1337 / 1 / 2 / 3 / 4).  On LA five of six seeds
-    # scored lower with it, at either weight below, so the 3D preset leaves it off (README)
+    # scored lower with it, at either weight below, so the 3D preset leaves it off (docs/DESIGN.md)
     pasted_dice: bool = True
     # the Dice term's weight: "share" = the pasted pixels' share of the strong view, as the CE term is
     # weighted (summed over pasted pixels, divided by all pixels); the 2D box pastes about half the area,
     # so ACDC keeps ~0.5, while the 3D box pastes an eighth of the volume and LA's Dice weighs 4x less
-    # than with "half" (0.5 whatever the share, the first implementation; README)
+    # than with "half" (0.5 whatever the share, the first implementation; docs/DESIGN.md)
     pasted_dice_weight: str = "share"
     pseudo_threshold: float = 0.95  # base confidence threshold of the pixel mask
     # "classwise": each class's threshold scales with its EMA mean confidence (a class the teacher is
     # still unsure of keeps pseudo-labels), floored at pseudo_threshold_floor; "fixed": one threshold
     # "balanced": as many pixels pass as pass pseudo_threshold overall, but each class keeps its own most
     # confident share (losses.unsupervised.balanced_mask), so what is taught has the pseudo-labels' shares.
-    # Measured (README): ACDC quick level (58.99 vs 58.98, five seeds), so ACDC keeps "classwise"; LA
+    # Measured (docs/DESIGN.md): ACDC quick level (58.99 vs 58.98, five seeds), so ACDC keeps "classwise"; LA
     # 400 iterations 32.23 vs 29.33 (eleven seeds, ahead on 8), where the floor keeps an unsure
     # teacher's atrium out early in a run, so preset("la") sets "balanced"
     pseudo_threshold_mode: str = "classwise"
@@ -169,7 +169,7 @@ class Config:
     # is more than this factor away from its labeled share, and leaks towards 0 (ten times slower), so
     # the teacher's own shares rule once it predicts every class.  The labeled shares of a few patients
     # are a small sample (ACDC, 3 patients: LV 1.70 % of the labeled pixels, 1.27 % of the unlabeled
-    # ones), and matching them exactly relabeled RV as LV (README).  1.0 = match them exactly (the
+    # ones), and matching them exactly relabeled RV as LV (docs/DESIGN.md).  1.0 = match them exactly (the
     # first implementation; the 3D preset keeps it, not measured there)
     alignment_tolerance: float = 2.0
     alignment_max_offset: float = 5.0
@@ -220,7 +220,7 @@ class Config:
     # CPU training: bf16 autocast for the networks, as on a GPU (the losses, representation head and
     # weights stay fp32, D15), on processors with bf16 instructions (AVX512-BF16, AMX: device.cpu_bf16_native);
     # fp32 on other processors and in predictions; needs ``amp``.  Off for the 2D U-Net: its whole runs
-    # gained 0-13 % and ACTION++'s margins were lower on every ACDC budget measured (README); on in the
+    # gained 0-13 % and ACTION++'s margins were lower on every ACDC budget measured (docs/DESIGN.md); on in the
     # 3D preset, where LA trains 1.7x faster at no measured loss
     cpu_bf16: bool = False
     seed: int = 1337
@@ -392,21 +392,21 @@ def preset(name: str, **overrides: Any) -> Config:
             budget_pretrain_full=20000,
             # the 3D box pastes a slab of a quarter of the depth: it carries ~14 % of the labeled batch's
             # atrium (cv 0.7 between steps) where the 2D box carries ~90 % of the hearts.  Its Dice term
-            # scored lower on five of six LA seeds, at both weights (README), so 3D teaches it with CE
+            # scored lower on five of six LA seeds, at both weights (docs/DESIGN.md), so 3D teaches it with CE
             pasted_dice=False,
             # in 3D the inverted box pastes seven eighths of a labeled volume around an unlabeled slab;
-            # both directions scored lower than one on LA at both seeds measured (README)
+            # both directions scored lower than one on LA at both seeds measured (docs/DESIGN.md)
             mix_bidirectional=False,
             # the band around the labeled shares was measured on ACDC only; LA keeps the exact match
             alignment_tolerance=1.0,
             # the classwise thresholds' floor (0.7) keeps an unsure 3D teacher's atrium out of what is
             # taught early in a run; the balanced mask teaches it at its pseudo-label share.  LA, 400
             # iterations, eleven seeds: 32.23 against 29.33 (classwise) and 29.31 (supervised-only),
-            # ahead of classwise on 8, no collapse below 23.5 (README)
+            # ahead of classwise on 8, no collapse below 23.5 (docs/DESIGN.md)
             pseudo_threshold_mode="balanced",
             # the V-Net's bf16 convolutions on a CPU with bf16 instructions: ACTION++'s 400-iteration
             # run 1.7x faster (605-620 s against 996-1141 s), four seeds +2.30 over supervised-only
-            # against -1.93 in fp32 on the same seeds (README)
+            # against -1.93 in fp32 on the same seeds (docs/DESIGN.md)
             cpu_bf16=True,
         )
     else:
