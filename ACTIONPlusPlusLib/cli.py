@@ -263,6 +263,21 @@ def _output_names(inputs: list[Path], out: Path, forced_suffix: str | None,
     return plan
 
 
+def _refuse_foreign_outputs(plan: list[tuple[Path, Path, Path | None]], overwrite: bool) -> None:
+    """An output name that already holds a file ACTION++ did not write (no prediction mark in its
+    header: a user's manual segmentation, say) is refused naming it, unless ``--overwrite``."""
+    from .data.imageio import is_prediction_file
+
+    if overwrite:
+        return
+    for _, *targets in plan:
+        for target in targets:
+            if target is not None and (target.is_dir() or (target.exists() and not is_prediction_file(target))):
+                raise DataError(
+                    f"{target} exists and was not written by ACTION++ (a segmentation of yours?); it is left "
+                    "untouched: choose another --output, or pass --overwrite to replace it")
+
+
 def _output_folder(out: Path, option: str) -> Path:
     from .io_utils import check_writable_dir
 
@@ -283,6 +298,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     out = _output_folder(Path(args.output), "--output")
     inputs, ours = _input_files(Path(args.input))
     plan = _output_names(inputs, out, args.suffix, args.confidence)
+    _refuse_foreign_outputs(plan, args.overwrite)
     device = resolve_device(args.device or "auto")
     model, cfg = load_model(args.model, device=device, expect_preset=args.preset)
     if ours:
@@ -379,6 +395,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--confidence", action="store_true", help="also write max-probability confidence maps")
     p.add_argument("--suffix", choices=[".nii.gz", ".nii", ".nrrd", ".mha"], help="output format (default: like the input)")
     p.add_argument("--preset", choices=["acdc", "la"], help="refuse a model trained for another preset")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace output files that ACTION++ did not write (its own earlier predictions are "
+                        "always replaced)")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("evaluate", help="Dice/Jaccard/HD95/ASD on a labeled split, the paper's table")

@@ -188,7 +188,9 @@ def _prediction_inputs(job: Any) -> list[Path]:
 
 def _predict_all(job: Any, model_path: Path, device: Any, emit: Callable[[dict[str, Any]], None],
                  should_stop: Callable[[], bool]) -> list[str]:
-    from ACTIONPlusPlusLib.data.imageio import PREDICTION_NOTE, read_case, split_suffix, write_image, write_label
+    from ACTIONPlusPlusLib.data.imageio import (PREDICTION_NOTE, is_prediction_file, read_case, split_suffix,
+                                                write_image, write_label)
+    from ACTIONPlusPlusLib.errors import DataError
     from ACTIONPlusPlusLib.inference import predict_case
     from ACTIONPlusPlusLib.model_io import load_model
 
@@ -197,24 +199,33 @@ def _predict_all(job: Any, model_path: Path, device: Any, emit: Callable[[dict[s
         return []
     model, cfg = load_model(model_path, device=device, expect_preset=job.preset)
     out_dir = Path(job.output_dir) / "predictions"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    emit({"event": "stage", "stage": "predict", "phase": "predict", "total": len(inputs)})
-    outputs: list[str] = []
+    plan: list[tuple[Path, str, str]] = []  # (input, case id, output suffix)
     used: set[str] = set()
-    for index, path in enumerate(inputs, start=1):
-        if should_stop():
-            raise _Cancelled()
+    for path in inputs:
         stem, suffix = split_suffix(path)
         case_id, n = stem, 1
         while case_id.lower() in used:
             n += 1
             case_id = f"{stem}_{n}"
         used.add(case_id.lower())
+        plan.append((path, case_id, suffix if suffix in (".nrrd", ".nii.gz", ".nii", ".mha") else ".nrrd"))
+    if not job.overwrite:  # a file there that ACTION++ did not write is never replaced
+        for _, case_id, suffix in plan:
+            for name in (f"{case_id}{suffix}", f"{case_id}_confidence{suffix}" if job.write_confidence else None):
+                target = out_dir / name if name else None
+                if target is not None and (target.is_dir() or (target.exists() and not is_prediction_file(target))):
+                    raise DataError(f"{target} exists and was not written by ACTION++; it is left untouched: "
+                                    "move it, or run the job with \"overwrite\": true")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    emit({"event": "stage", "stage": "predict", "phase": "predict", "total": len(inputs)})
+    outputs: list[str] = []
+    for index, (path, case_id, suffix) in enumerate(plan, start=1):
+        if should_stop():
+            raise _Cancelled()
         case = read_case(path, case_id=case_id)
         started = time.perf_counter()
         result = predict_case(model, case, cfg, device=device, return_probabilities=job.write_confidence,
                               normalize_input=True)
-        suffix = suffix if suffix in (".nrrd", ".nii.gz", ".nii", ".mha") else ".nrrd"
         output = write_label(out_dir / f"{case_id}{suffix}", result.labels, case, note=PREDICTION_NOTE)
         event: dict[str, Any] = {"event": "prediction", "input": str(path), "output": str(output), "case": case_id,
                                  "index": index, "total": len(inputs),

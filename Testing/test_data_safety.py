@@ -222,3 +222,44 @@ def test_config_problems_names_each_bad_value():
     problems = config_problems(bad)
     assert any(p.startswith("ema_decay=1.0") for p in problems) and any(p.startswith("seed='x'") for p in problems)
     assert any("patch_size=112,112,0" in p for p in problems)
+
+
+# --- 3. predictions never replace a file ACTION++ did not write -------------------------------------------
+
+
+def test_predict_keeps_a_users_seg_file_unless_overwrite(tmp_path, images, capsys):
+    from ACTIONPlusPlusLib.data.imageio import is_prediction_file, read_case
+
+    model = _model_file(tmp_path / "model.pt")
+    out = tmp_path / "pred"
+    out.mkdir()
+    manual = out / "c2_seg.nii.gz"
+    case = read_case(images / "c2.nii.gz")
+    write_label(manual, (case.image > case.image.mean()).astype(np.uint8), case)  # the user's own work
+    before = manual.read_bytes()
+    args = ["predict", "--model", str(model), "--input", str(images), "--output", str(out), "--device", "cpu"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert str(manual) in err and "--overwrite" in err
+    assert manual.read_bytes() == before
+    assert sorted(p.name for p in out.iterdir()) == ["c2_seg.nii.gz"]  # refused before anything was written
+    assert main(args + ["--overwrite"]) == 0
+    assert is_prediction_file(manual) and is_prediction_file(out / "c1_seg.nii.gz")
+    capsys.readouterr()
+    assert main(args) == 0  # our own earlier predictions are replaced without asking
+
+
+def test_worker_keeps_a_users_file_in_the_predictions_folder(tmp_path, images):
+    from ACTIONPlusPlusLib import worker
+    from ACTIONPlusPlusLib.errors import DataError
+    from ACTIONPlusPlusLib.jobs import TrainingJob, write_job
+
+    model = _model_file(tmp_path / "model.pt")
+    foreign = tmp_path / "run" / "predictions" / "c1.nii.gz"
+    foreign.parent.mkdir(parents=True)
+    foreign.write_bytes(b"not ours")
+    job = write_job(TrainingJob(mode="predict", preset="acdc", output_dir=tmp_path / "run", predict_dir=images,
+                                model=model, device="cpu"), tmp_path / "job.json")
+    with pytest.raises(DataError, match="c1.nii.gz exists and was not written by ACTION"):
+        worker.run(job, [].append, worker.StopFlag(None))
+    assert foreign.read_bytes() == b"not ours" and len(list(foreign.parent.iterdir())) == 1
