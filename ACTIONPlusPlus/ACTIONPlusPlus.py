@@ -211,8 +211,7 @@ class ACTIONPlusPlusWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, Ca
         self._timer = self._newTimer(POLL_INTERVAL_MS, self.onPollWorker)
         self._refreshTimer = self._newTimer(200, self.updateCaseLists, singleShot=True)
         self._probeTimer = self._newTimer(POLL_INTERVAL_MS, self.onPollDeviceProbe)  # torch is asked in a child
-        for event in ("StartCloseEvent", "EndCloseEvent", "NodeAddedEvent", "NodeRemovedEvent"):
-            self.addObserver(slicer.mrmlScene, getattr(slicer.mrmlScene, event), self._sceneHandlers()[event])
+        self._observeScene()
         self._connectButtons()
         # the live chart: Slicer's plot widget (the .ui holds its container) on a plot view node of our own
         self.plotWidget = slicer.qMRMLPlotWidget()
@@ -232,9 +231,12 @@ class ACTIONPlusPlusWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, Ca
         timer.connect("timeout()", slot)
         return timer
 
-    def _sceneHandlers(self) -> dict[str, Callable]:
-        return {"StartCloseEvent": self.onSceneStartClose, "EndCloseEvent": self.onSceneEndClose,
-                "NodeAddedEvent": self.onSceneNodesChanged, "NodeRemovedEvent": self.onSceneNodesChanged}
+    def _observeScene(self) -> None:
+        scene = slicer.mrmlScene
+        self.addObserver(scene, scene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(scene, scene.EndCloseEvent, self.onSceneEndClose)
+        self.addObserver(scene, scene.NodeAddedEvent, self.onSceneNodesChanged)
+        self.addObserver(scene, scene.NodeRemovedEvent, self.onSceneNodesChanged)
 
     def _connectButtons(self) -> None:
         self.ui.labeledTableWidget.horizontalHeader().setSectionResizeMode(qt.QHeaderView.Stretch)
@@ -280,10 +282,12 @@ class ACTIONPlusPlusWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, Ca
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
 
     def onReload(self) -> None:
-        """Reload the Lib too (not only this file), so code changes take effect without a restart."""
+        """Reload the Lib and ACTIONPlusPlusPanel too (not only this file), so code changes take effect
+        without a restart."""
         if self._run is not None:
             self._run.worker.cancel()
-        for name in [n for n in sys.modules if n == "ACTIONPlusPlusLib" or n.startswith("ACTIONPlusPlusLib.")]:
+        packages = ("ACTIONPlusPlusLib", "ACTIONPlusPlusPanel")
+        for name in [n for n in sys.modules if n in packages or n.startswith(tuple(p + "." for p in packages))]:
             del sys.modules[name]
         ScriptedLoadableModuleWidget.onReload(self)
 
