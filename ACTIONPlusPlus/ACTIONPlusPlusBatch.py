@@ -188,16 +188,38 @@ class Resolver:
         return self.by_name and self._node_by_name(
             item, ["vtkMRMLScalarVolumeNode", "vtkMRMLSegmentationNode", "vtkMRMLLabelMapVolumeNode"]) is not None
 
-    def pair(self, item: str) -> tuple[Any, Any]:
-        """``IMAGE:LABEL``; the split point is the ':' whose both sides exist (Windows drive letters)."""
-        cuts = [i for i, ch in enumerate(item) if ch == ":"]
-        for i in reversed(cuts):
+    def split(self, item: str) -> tuple[str, str] | None:
+        """``IMAGE:LABEL`` -> its two parts: the ':' whose both sides exist (Windows drive letters)."""
+        for i in reversed([i for i, ch in enumerate(item) if ch == ":"]):
             left, right = item[:i], item[i + 1:]
             if left and right and self.exists(left) and self.exists(right):
-                return self.volume(left), self.label(right)
+                return left, right
+        return None
+
+    def pair(self, item: str) -> tuple[Any, Any]:
+        parts = self.split(item)
+        if parts is not None:
+            return self.volume(parts[0]), self.label(parts[1])
+        cuts = [i for i, ch in enumerate(item) if ch == ":"]
         if not cuts:
             raise BatchError(f"--labeled {item!r}: expected IMAGE:LABEL")
         raise BatchError(f"--labeled {item!r}: image or label not found")
+
+
+def verify_files(resolver: Resolver, labeled: Sequence[str], images: Sequence[str]) -> None:
+    """The input files checked on disk with the command line's reader before Slicer's reader sees them
+    (it fills a truncated .nii.gz with zeros and turns NaN into 0): a damaged file, NaN/Inf voxels or a
+    label map on another grid raise the CLI's DataError naming the file (exit 2).  Node names (--scene)
+    are not files and are left to the scene."""
+    from ACTIONPlusPlusLib.data.validation import verify_image_file, verify_label_file
+
+    for item in labeled:
+        parts = resolver.split(item)
+        if parts is not None and Path(parts[0]).is_file() and Path(parts[1]).is_file():
+            verify_label_file(parts[0], parts[1])
+    for item in images:
+        if Path(item).is_file():
+            verify_image_file(item)
 
 
 def _format_event(event: dict[str, Any]) -> str | None:
@@ -275,6 +297,7 @@ def run(argv: Sequence[str]) -> int:
             raise BatchError("nothing to segment: give --predict IMAGE (or --unlabeled)")
         overrides = _overrides(args.preset, args)
         resolver = Resolver(scene, by_name=bool(args.scene))
+        verify_files(resolver, args.labeled, [*args.unlabeled, *args.predict])
         pairs = [resolver.pair(item) for item in args.labeled]
         unlabeled = [resolver.volume(item) for item in args.unlabeled]
         predict = [resolver.volume(item) for item in args.predict]

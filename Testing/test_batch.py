@@ -198,3 +198,44 @@ def test_budget_choices_and_where(batch_module, capsys):
     assert "note: a budget of 2000 iterations" in capsys.readouterr().out
     assert batch_module.main(["--where"]) == 0
     assert capsys.readouterr().out.strip() == str(SCRIPT.resolve())
+
+
+def _damaged_inputs(inputs, folder):
+    """A truncated .nii.gz, a NaN .nii.gz and a label map on a smaller grid (issue 35)."""
+    import SimpleITK as sitk
+
+    folder.mkdir(parents=True, exist_ok=True)
+    whole = (inputs / "p.nii.gz").read_bytes()
+    truncated = folder / "truncated.nii.gz"
+    truncated.write_bytes(whole[: len(whole) // 2])
+    nan = folder / "nan.nii.gz"  # Slicer's NIfTI reader turns NaN into 0 (its NRRD reader keeps them)
+    image = sitk.ReadImage(str(inputs / "u.nrrd"), sitk.sitkFloat32)
+    array = sitk.GetArrayFromImage(image)
+    array[1, 5, 5] = np.nan
+    damaged = sitk.GetImageFromArray(array)
+    damaged.CopyInformation(image)
+    sitk.WriteImage(damaged, str(nan), True)
+    label = sitk.ReadImage(str(inputs / "b_label.nii.gz"))
+    smaller = folder / "b_small_label.nii.gz"
+    sitk.WriteImage(label[4:-4, 4:-4, :], str(smaller), True)
+    return truncated, nan, smaller
+
+
+@pytest.mark.parametrize("which", ["truncated", "nan", "smaller"])
+def test_damaged_input_files_exit_2_before_slicer_reads_them(batch_module, inputs, tmp_path, capsys, which):
+    """Slicer's reader fills a truncated .nii.gz with zeros, turns NaN into 0 and resamples a label on
+    a smaller grid: the files are checked with the CLI's reader first (was: trained, exit 0)."""
+    truncated, nan, smaller = _damaged_inputs(inputs, tmp_path / "in")
+    pair_b = f"{inputs / 'b.nii.gz'}:{smaller if which == 'smaller' else inputs / 'b_label.nii.gz'}"
+    unlabeled = {"truncated": truncated, "nan": nan}.get(which, inputs / "u.nrrd")
+    args = ["--preset", "acdc", "--labeled", f"{inputs / 'a.nrrd'}:{inputs / 'a.seg.nrrd'}", "--labeled", pair_b,
+            "--unlabeled", str(unlabeled), "--out", str(tmp_path / "o"), "--iterations", "2,2,3", "--device", "cpu"]
+    for item in TINY_SET:
+        args += ["--set", item]
+    code = batch_module.main(args)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    named = {"truncated": truncated, "nan": nan, "smaller": smaller}[which]
+    assert str(named) in err and "Traceback" not in err
+    assert {"truncated": "truncated", "nan": "NaN", "smaller": "same physical region"}[which] in err
+    assert not (tmp_path / "o" / "job").exists()

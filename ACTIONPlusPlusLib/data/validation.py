@@ -189,3 +189,29 @@ def _size_checks(cases: list[Case], cfg: Config) -> list[str]:
             "the trainer pads or resizes them to fit"
         )
     return warnings
+
+
+def verify_image_file(path: str | Path) -> None:
+    """Read an image file with the command line's reader (data/imageio.py) and drop the result: a
+    truncated or damaged file, NaN/Inf voxels, several channels or an unreadable format raise the
+    DataError the CLI gives, naming the file.  For entry points that load files another way (the batch
+    script and the panel go through Slicer's reader, which fills a truncated ``.nii.gz`` with zeros and
+    turns NaN into 0)."""
+    from .imageio import read_case
+
+    read_case(path)
+
+
+def verify_label_file(image: str | Path, label: str | Path) -> None:
+    """A labeled pair as the CLI reads it: the image as :func:`verify_image_file`; a label map must hold
+    integer classes and lie on the image's grid (or span the same extent, then it is resampled), else
+    the DataError names both files.  A Slicer segmentation (``.seg.nrrd``: segments, often cropped to
+    their extent) is read for damage only; Slicer maps it onto the image by its geometry."""
+    from .imageio import _read_sitk, read_case, split_suffix
+
+    label = Path(label)
+    if split_suffix(label)[1].lower() == ".seg.nrrd":
+        read_case(image)
+        _read_sitk(label)
+        return
+    read_case(image, label_path=label)
