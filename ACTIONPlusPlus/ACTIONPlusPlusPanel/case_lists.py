@@ -83,8 +83,10 @@ class CaseListsMixin:
         self._parameterNode.labeledPairs = [pair for row, pair in enumerate(self._labeledPairs()) if row not in rows]
 
     def onUnlabeledItemChanged(self, item) -> None:
+        if self._updatingGUI or self._parameterNode is None:
+            return
         node = slicer.mrmlScene.GetNodeByID(item.data(qt.Qt.UserRole))
-        if self._updatingGUI or self._parameterNode is None or node is None:
+        if node is None:
             return
         excluded = [n for n in self._parameterNode.excludedVolumes if n is not None and n is not node]
         if item.checkState() != qt.Qt.Checked:
