@@ -153,6 +153,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .training import phases_for, train
 
     cfg = build_config(args.preset, args)
+    from .memory_check import check_training_memory
+
+    check_training_memory(cfg, dist_utils.local_device(cfg.device))  # a patch/batch that cannot fit: exit 2 now
     if args.init_model is not None:  # a damaged or NaN model is refused before the run folder is touched
         from .model_io import read_model_config
 

@@ -273,6 +273,10 @@ def run(job_path: Path, emit: Callable[[dict[str, Any]], None], should_stop: Sto
     from ACTIONPlusPlusLib.config_checks import check_config
 
     check_config(cfg, f"job file {job_path}: field 'overrides' is invalid")
+    if job.mode in ("train", "continue"):
+        from ACTIONPlusPlusLib.memory_check import check_training_memory
+
+        check_training_memory(cfg, device)  # a patch/batch that cannot fit: refused before any folder is touched
 
     model_path: Path | None = Path(job.model) if job.model is not None else None
     checkpoint = Path(job.output_dir) / "checkpoint.pt"

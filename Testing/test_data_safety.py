@@ -263,3 +263,31 @@ def test_worker_keeps_a_users_file_in_the_predictions_folder(tmp_path, images):
     with pytest.raises(DataError, match="c1.nii.gz exists and was not written by ACTION"):
         worker.run(job, [].append, worker.StopFlag(None))
     assert foreign.read_bytes() == b"not ours" and len(list(foreign.parent.iterdir())) == 1
+
+
+# --- 5. memory, signals, summaries ---------------------------------------------------------------------
+
+
+def test_over_large_patch_is_refused_with_the_estimate_before_allocation(tmp_path, data, capsys):
+    out = tmp_path / "run"
+    code = main(["train", "--preset", "acdc", "--data", str(data), "--out", str(out), "--labeled", "2", *TINY,
+                 "--patch-size", "16384,16384", "--batch-size", "4,4"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "patch_size 16384,16384" in err and "GB" in err and "--batch-size" in err
+    assert not out.exists()
+
+
+def test_memory_estimate_against_the_device(monkeypatch):
+    from ACTIONPlusPlusLib import memory_check
+    from ACTIONPlusPlusLib.errors import DataError
+
+    la = preset("la")
+    per_image = memory_check.activation_bytes_per_image(la)
+    assert per_image is not None and per_image > 100 * 2**20  # V-Net at 112x112x80: hundreds of MB an image
+    assert memory_check.check_training_memory(preset("acdc"), "cpu") is not None  # the paper's settings fit here
+    monkeypatch.setattr(memory_check, "device_memory", lambda device: (2**30, "a 1 GB test device"))
+    with pytest.raises(DataError, match=r"needs at least \d+\.\d GB .* a 1 GB test device has 1\.0 GB") as info:
+        memory_check.check_training_memory(la, "cpu")
+    suggested = str(info.value).split("e.g. ")[1].split(")")[0]
+    assert all(int(v) % 16 == 0 and int(v) < p for v, p in zip(suggested.split(","), la.patch_size))
