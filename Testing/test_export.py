@@ -1,4 +1,7 @@
-"""The network written to model.pt: BatchNorm statistics re-estimated on clean images (training/export.py)."""
+"""The network written to model.pt: BatchNorm statistics re-estimated on clean images (training/export.py).
+
+The trainer-level checks run a couple of ``step_once`` steps and call ``Trainer.exported_network()``
+(seconds); one short ``train`` run checks that model.pt is that network."""
 
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ from ACTIONPlusPlusLib.training import train
 from ACTIONPlusPlusLib.training.batches import BatchSource
 from ACTIONPlusPlusLib.training.checkpoint import load_checkpoint
 from ACTIONPlusPlusLib.training.export import clean_batches, plain_batchnorm, recalibrate_batchnorm
+from ACTIONPlusPlusLib.training.loop import Trainer
 
 
 def tiny_acdc(**kw):
@@ -118,40 +122,80 @@ def test_clean_batches_are_unaugmented_training_images(cardiac):
     assert all(b.shape[0] == 2 for b in labeled_only)
 
 
+def _stepped(cardiac, tmp_path, events: list | None = None, steps: int = 2, **kw) -> Trainer:
+    """A Trainer after ``steps`` steps of its last phase (fine-tuning, or the supervised baseline): teacher
+    and student apart, BatchNorm statistics those of training (dropout, mixed and jittered views)."""
+    cfg = tiny_acdc(**{**dict(pretrain_warmup_iterations=0, pretrain_joint_iterations=0, finetune_iterations=4,
+                             base_channels=4, finetune_labeled_batch=2, finetune_unlabeled_batch=2), **kw})
+    trainer = Trainer(cfg, cardiac.labeled, cardiac.unlabeled if cfg.mode == "actionpp" else [], tmp_path,
+                      callback=None if events is None else events.append)
+    trainer.prepare()
+    trainer.phase_index = len(trainer.phases) - 1
+    phase = trainer.phases[-1]
+    trainer._begin_phase(phase)
+    for t in range(steps):
+        trainer.iteration = t
+        trainer.step_once(phase)
+    return trainer
+
+
+def _stats(state: dict) -> list[str]:
+    return [k for k in state if k.endswith("running_mean") or k.endswith("running_var")]
+
+
 @pytest.mark.parametrize("weights, teacher_dropout, recalibrated", [
     ("student", False, True),  # trained with dropout on mixed, jittered images: statistics re-estimated
     ("teacher", False, False),  # ran without dropout on clean views: its own statistics kept
     ("teacher", True, True),  # the spec's teacher in dropout mode: re-estimated
 ])
-def test_model_file_holds_the_chosen_weights_with_clean_statistics(cardiac, tmp_path, weights, teacher_dropout,
-                                                                   recalibrated):
-    cfg = tiny_acdc(export_weights=weights, teacher_dropout=teacher_dropout, export_bn_batches=3)
-    events = []
-    result = train(cfg, cardiac.labeled, cardiac.unlabeled, tmp_path / "a", callback=events.append)
-    state = load_checkpoint(result.checkpoint_path)[weights]
-    model, _ = load_model(result.model_path)
-    exported = model.state_dict()
-    stats = [k for k in state if k.endswith("running_mean") or k.endswith("running_var")]
-    assert stats
+def test_exported_network_holds_the_chosen_weights_with_clean_statistics(cardiac, tmp_path, weights, teacher_dropout,
+                                                                          recalibrated):
+    """``Trainer.exported_network()`` (what ``train`` writes to model.pt) after two fine-tuning steps: the
+    chosen network's weights, its BatchNorm statistics re-estimated exactly when it ran with dropout or on
+    augmented views, an ``export`` stage event then; the run's own networks are untouched."""
+    events: list[dict] = []
+    trainer = _stepped(cardiac, tmp_path, events, export_weights=weights, teacher_dropout=teacher_dropout,
+                       export_bn_batches=3)
+    chosen = trainer.teacher if weights == "teacher" else trainer.student
+    other = trainer.student if weights == "teacher" else trainer.teacher
+    state = {k: v.clone() for k, v in chosen.state_dict().items()}
+    assert any(not torch.equal(v, other.state_dict()[k]) for k, v in state.items() if k not in _stats(state))
+    exported = trainer.exported_network().state_dict()
+    stats = _stats(state)
+    assert stats and exported.keys() == state.keys()
     for k, v in state.items():
         if k in stats or k.endswith("num_batches_tracked"):
             continue
         assert torch.equal(exported[k], v), k  # the weights are the chosen network's
+    for k, v in chosen.state_dict().items():  # the run's network is not changed by the export
+        assert torch.equal(v, state[k]), k
     changed = [k for k in stats if not torch.equal(exported[k], state[k])]
     export_stages = [e for e in events if e.get("stage") == "export"]
     if recalibrated:
         assert changed
         assert export_stages == [{"event": "stage", "stage": "export", "phase": "export", "total": 3}]
+        trainer.cfg = trainer.cfg.replace(export_bn_batches=0)  # 0 batches: the statistics of training
+        kept = trainer.exported_network().state_dict()
+        for k in stats:
+            assert torch.equal(kept[k], state[k]), k
     else:
         assert not changed and not export_stages
 
-    if recalibrated:  # 0 batches: the running statistics of training, as before
-        kept = train(tiny_acdc(export_weights=weights, teacher_dropout=teacher_dropout, export_bn_batches=0),
-                     cardiac.labeled, cardiac.unlabeled, tmp_path / "b")
-        kept_model, _ = load_model(kept.model_path)
-        same_state = load_checkpoint(kept.checkpoint_path)[weights]
-        for k in stats:
-            assert torch.equal(kept_model.state_dict()[k], same_state[k]), k
+
+def test_model_file_is_the_exported_network(cardiac, tmp_path):
+    """``train`` writes ``exported_network()`` to model.pt: after one fine-tuning step, the student's
+    weights (export_weights="student") with statistics re-estimated, not the checkpoint's."""
+    cfg = tiny_acdc(pretrain_warmup_iterations=0, pretrain_joint_iterations=0, finetune_iterations=1, base_channels=4,
+                    finetune_labeled_batch=2, finetune_unlabeled_batch=2, export_weights="student", export_bn_batches=2)
+    result = train(cfg, cardiac.labeled, cardiac.unlabeled, tmp_path)
+    student = load_checkpoint(result.checkpoint_path)["student"]
+    model, _ = load_model(result.model_path)
+    exported = model.state_dict()
+    stats = _stats(student)
+    for k, v in student.items():
+        if k not in stats and not k.endswith("num_batches_tracked"):
+            assert torch.equal(exported[k], v), k
+    assert any(not torch.equal(exported[k], student[k]) for k in stats)
 
 
 def test_supervised_model_statistics_come_from_labeled_images_only(cardiac, tmp_path, monkeypatch):
@@ -160,11 +204,11 @@ def test_supervised_model_statistics_come_from_labeled_images_only(cardiac, tmp_
     seen = []
     real = export.clean_batches
     monkeypatch.setattr(export, "clean_batches", lambda *a, **kw: seen.append(a[4]) or real(*a, **kw))
-    result = train(tiny_acdc(mode="supervised", export_bn_batches=2), cardiac.labeled, [], tmp_path)
+    trainer = _stepped(cardiac, tmp_path, mode="supervised", export_bn_batches=2)
+    student = {k: v.clone() for k, v in trainer.student.state_dict().items()}
+    exported = trainer.exported_network().state_dict()
     assert seen == [False]  # with_unlabeled: the baseline never sees an unlabeled image
-    model, _ = load_model(result.model_path)
-    student = load_checkpoint(result.checkpoint_path)["student"]
-    assert any(not torch.equal(model.state_dict()[k], v) for k, v in student.items() if k.endswith("running_var"))
+    assert any(not torch.equal(exported[k], v) for k, v in student.items() if k.endswith("running_var"))
 
 
 def test_bad_batch_count_is_refused():

@@ -56,6 +56,18 @@ def _finetune_trainer(cardiac, tmp_path: Path, **kw) -> Trainer:
     return trainer
 
 
+def _trainer_in(cardiac, tmp_path: Path, phase_name: str, **kw) -> tuple[Trainer, Phase]:
+    """A prepared Trainer at the start of ``phase_name`` (as ``run`` begins it), ready for ``step_once``."""
+    cfg = preset("acdc", **{**SMALL, "pretrain_warmup_iterations": 4, "pretrain_joint_iterations": 4,
+                            "finetune_iterations": 8, **kw})
+    trainer = Trainer(cfg, cardiac.labeled, cardiac.unlabeled, tmp_path)
+    trainer.prepare()
+    trainer.phase_index = [p.name for p in trainer.phases].index(phase_name)
+    phase = trainer.phases[trainer.phase_index]
+    trainer._begin_phase(phase)
+    return trainer, phase
+
+
 def test_logged_total_is_the_weighted_sum_of_its_parts(cardiac, tmp_path) -> None:
     trainer = _finetune_trainer(cardiac, tmp_path, weight_anco=0.3, weight_saacl=0.2, weight_unsup=0.7)
     cfg = trainer.cfg
@@ -73,33 +85,25 @@ def test_logged_total_is_the_weighted_sum_of_its_parts(cardiac, tmp_path) -> Non
     assert total.item() != pytest.approx((parts["sup"] + parts["pasted"]).item())  # not the supervised term alone
 
 
-def test_teacher_is_the_ema_of_the_student_trajectory(cardiac, tmp_path, monkeypatch) -> None:
-    cfg = preset("acdc", **{**SMALL, "pretrain_warmup_iterations": 2, "pretrain_joint_iterations": 2,
-                            "finetune_iterations": 5})
-    trainer = Trainer(cfg, cardiac.labeled, cardiac.unlabeled, tmp_path)
-    trajectory: list[dict[str, torch.Tensor]] = []
-    starts: list[dict[str, torch.Tensor]] = []
-    original_begin = Trainer._begin_phase
-    original_step = torch.optim.SGD.step
-
-    def begin(self, phase):
-        original_begin(self, phase)
-        if phase.name == "finetune":
-            starts.append({k: v.clone() for k, v in self.teacher.named_parameters()})
-            assert all(torch.equal(v, p) for (_, v), p in zip(self.teacher.named_parameters(), self.student.parameters()))
-
-    def step(self, *args, **kwargs):
-        out = original_step(self, *args, **kwargs)
-        if trainer.phase_index == 2:
-            trajectory.append({k: v.detach().clone() for k, v in trainer.student.named_parameters()})
-        return out
-
-    monkeypatch.setattr(Trainer, "_begin_phase", begin)
-    monkeypatch.setattr(torch.optim.SGD, "step", step)
-    trainer.run()
-    assert len(starts) == 1 and len(trajectory) == 5  # the teacher was reset to the student once
-    expected = copy.deepcopy(starts[0])
+def test_teacher_is_the_ema_of_the_student_trajectory(cardiac, tmp_path) -> None:
+    """Fine-tuning starts with the teacher reset to the (pre-trained) student, then after each step the
+    teacher is decay_t * teacher + (1 - decay_t) * student, recomputed here from the students' trajectory.
+    Built on ``step_once`` (one joint step moves the student off the teacher first).  Kills: the teacher's
+    EMA removed, the reset at the start of fine-tuning removed."""
+    trainer, joint = _trainer_in(cardiac, tmp_path, "joint", finetune_iterations=5)
+    trainer.step_once(joint)
+    assert not all(torch.equal(t, s) for t, s in zip(trainer.teacher.parameters(), trainer.student.parameters()))
+    trainer.phase_index, trainer.iteration = 2, 0
     fine = trainer.phases[2]
+    trainer._begin_phase(fine)
+    start = {k: v.clone() for k, v in trainer.teacher.named_parameters()}
+    assert all(torch.equal(start[k], v) for k, v in trainer.student.named_parameters())  # the reset
+    trajectory: list[dict[str, torch.Tensor]] = []
+    for t in range(fine.iterations):
+        trainer.iteration = t
+        trainer.step_once(fine)
+        trajectory.append({k: v.detach().clone() for k, v in trainer.student.named_parameters()})
+    expected = copy.deepcopy(start)
     for t, student in enumerate(trajectory):  # computed independently of the trainer's EMA call
         d = trainer.ema_decay(fine, t)
         for k in expected:
@@ -217,18 +221,6 @@ def test_unknown_pasted_dice_weight_is_refused_by_name() -> None:
 
 
 # --- issue 37: the parts the trainer uses, checked where it uses them ----------------------------------
-
-def _trainer_in(cardiac, tmp_path: Path, phase_name: str, **kw) -> tuple[Trainer, Phase]:
-    """A prepared Trainer at the start of ``phase_name`` (as ``run`` begins it), ready for ``step_once``."""
-    cfg = preset("acdc", **{**SMALL, "pretrain_warmup_iterations": 4, "pretrain_joint_iterations": 4,
-                            "finetune_iterations": 8, **kw})
-    trainer = Trainer(cfg, cardiac.labeled, cardiac.unlabeled, tmp_path)
-    trainer.prepare()
-    trainer.phase_index = [p.name for p in trainer.phases].index(phase_name)
-    phase = trainer.phases[trainer.phase_index]
-    trainer._begin_phase(phase)
-    return trainer, phase
-
 
 def _spy(monkeypatch, function, calls: list[dict]) -> None:
     """Record the bound arguments of every call of ``function`` made through any trainer module that
