@@ -71,6 +71,9 @@ def layout(total: int, warmup_fraction: float, joint_fraction: float, pretrain_f
 
 def phase_lengths(cfg) -> Layout:
     """The (warm-up, joint, fine-tuning) lengths of ``cfg``: from its budget, or its explicit counts."""
+    if int(getattr(cfg, "pretrain_cache_iterations", 0)) > 0:  # pre-trained once, apart (training/pretrain_cache.py)
+        total = int(cfg.budget_iterations) if int(cfg.budget_iterations) > 0 else int(cfg.finetune_iterations)
+        return Layout(0, 0, total)
     if int(cfg.budget_iterations) > 0:
         return layout(cfg.budget_iterations, cfg.budget_warmup_fraction, cfg.budget_joint_fraction,
                       cfg.budget_pretrain_full)

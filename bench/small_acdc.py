@@ -5,13 +5,15 @@
     .venv/bin/python bench/small_acdc.py --size 128 --budget 2000 --labeled 7
     .venv/bin/python bench/small_acdc.py --size 256 --budget 0 --device cuda   # the paper's protocol (30K)
     .venv/bin/python bench/small_acdc.py --set pseudo_distribution_alignment=false   # an ablation
+    .venv/bin/python bench/small_acdc.py --arms all --seeds 1337,1,2       # the ablation table (bench/ablation.py)
 
-Both arms use the same labeled patients (the first of train_slices.list), the same total number of
+Every arm (bench/ablation.py: supervised, supervised_paste, paste_only, pseudo, anco, saacl, actionpp) uses the same labeled patients (the first of train_slices.list), the same total number of
 iterations (``--budget``, laid out over the phases by ACTIONPlusPlusLib/budget.py; 0 = the preset's
 explicit paper schedule), the same seed and network; ACTION++ also sees the other training slices,
 unlabeled.  Both are evaluated on the validation volumes (val.list; the test volumes are held out) with
-the paper's metrics (medpy, voxel units).  For ACTION++ the Dice of the weights not exported (student or
-EMA teacher, read from the run's checkpoint) is printed too.  The last line is
+the paper's metrics (medpy, voxel units).  With ``--other-weights`` the Dice of the ACTION++ weights not
+exported (student or EMA teacher, read from the run's checkpoint) is printed too.  Before the last line,
+one line per arm: ``arm <name>: mean <X.XX> over seeds <s>: <v>, ...``; the last line is
 ``mean Dice: ACTION++ X, supervised-only Y (+D points)`` (means over the seeds).
 """
 
@@ -27,6 +29,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
 
 from ACTIONPlusPlusLib.config import preset  # noqa: E402
 from ACTIONPlusPlusLib.data import load_dataset  # noqa: E402
@@ -38,6 +41,7 @@ from ACTIONPlusPlusLib.training import train  # noqa: E402
 from ACTIONPlusPlusLib.training.batches import BatchSource  # noqa: E402
 from ACTIONPlusPlusLib.training.checkpoint import load_checkpoint  # noqa: E402
 from ACTIONPlusPlusLib.training.export import export_network  # noqa: E402
+from ablation import ARMS, arm_config, arms_argument, headline_line, summary_lines, uses_unlabeled  # noqa: E402,F401
 
 
 def _other_weights_dice(run_dir: Path, cfg, val, labeled, unlabeled) -> tuple[str, float]:
@@ -50,18 +54,6 @@ def _other_weights_dice(run_dir: Path, cfg, val, labeled, unlabeled) -> tuple[st
     model = export_network(cfg, network, BatchSource(cfg, labeled, unlabeled, torch.device("cpu")),
                            teacher=other == "teacher")
     return other, evaluate_cases(model, cfg, val).summary["mean"]["dice"]
-
-
-ARMS = ("actionpp", "supervised")
-
-
-def arms_argument(text: str) -> list[str]:
-    """``--arms``: a comma-separated subset of :data:`ARMS` (argparse type: a typo is an error, not an empty run)."""
-    arms = text.split(",")
-    unknown = sorted(set(arms) - set(ARMS))
-    if unknown:
-        raise argparse.ArgumentTypeError(f"unknown arm(s) {', '.join(unknown)}; choose from {', '.join(ARMS)}")
-    return arms
 
 
 def progress_printer(name: str):
@@ -95,10 +87,13 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1337)
     parser.add_argument("--seeds", default=None, help="comma-separated seeds (overrides --seed)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="config override for the ACTION++ arm (ablations)")
+                        help="config override for every ACTION++ arm (ablations)")
     parser.add_argument("--set-both", action="append", default=[], metavar="KEY=VALUE",
                         help="config override for both arms (runtime settings, e.g. cpu_bf16=true)")
-    parser.add_argument("--arms", type=arms_argument, default="actionpp,supervised", help="which arms to run (ablations: actionpp)")
+    parser.add_argument("--arms", type=arms_argument, default="actionpp,supervised",
+                        help="comma-separated arms, or all (the ablation table): " + ", ".join(ARMS))
+    parser.add_argument("--other-weights", action="store_true",
+                        help="also score the ACTION++ weights model.pt does not hold (student or teacher)")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "small_acdc")
     args = parser.parse_args()
     if not args.data.is_dir():
@@ -117,43 +112,30 @@ def main() -> int:
           f"unlabeled slices, {len(val)} validation volumes; {args.size}x{args.size}, {base.total_iterations} "
           f"iterations each (phases {'+'.join(str(n) for n in (lambda l: (l.warmup, l.joint, l.finetune))(base.phase_lengths()))}), seeds {seeds}, torch {torch.__version__} on "
           f"{args.device}" + (f"; ACTION++ overrides {overrides}" if overrides else "") + (f"; both arms {both}" if both else ""), flush=True)
-    results: dict[str, list[float]] = {"ACTION++": [], "supervised-only": []}
+    results: dict[str, list[float]] = {arm: [] for arm in args.arms}
     for seed in seeds:
-        for name, mode in (("ACTION++", "actionpp"), ("supervised-only", "supervised")):
-            if mode not in args.arms:
-                continue
-            run_cfg = base.replace(mode=mode, seed=seed, **{**both, **(overrides if mode == "actionpp" else {})})
-            run_dir = args.out / f"seed{seed}" / mode
+        for arm in args.arms:
+            run_cfg = arm_config(base, arm, seed, overrides, both)
+            run_dir = args.out / f"seed{seed}" / arm
             started = time.perf_counter()
-            result = train(run_cfg, train_set.labeled, train_set.unlabeled if mode == "actionpp" else [], run_dir,
-                           callback=progress_printer(name), overwrite=True)
+            result = train(run_cfg, train_set.labeled, train_set.unlabeled if uses_unlabeled(arm) else [], run_dir,
+                           callback=progress_printer(arm), overwrite=True)
             seconds = time.perf_counter() - started
             model, model_cfg = load_model(result.model_path)
             evaluation = evaluate_cases(model, model_cfg, val)
-            results[name].append(evaluation.summary["mean"]["dice"])
+            results[arm].append(evaluation.summary["mean"]["dice"])
             print(format_table(evaluation.summary, base.foreground_names,
-                               f"seed {seed}, {name}: {args.labeled} labeled patients, validation volumes "
+                               f"seed {seed}, arm {arm}: {args.labeled} labeled patients, validation volumes "
                                f"({seconds:.0f} s training)"), flush=True)
-            if mode == "actionpp":
+            if arm == "actionpp" and args.other_weights:
                 other, dice = _other_weights_dice(run_dir, run_cfg, val, train_set.labeled, train_set.unlabeled)
                 print(f"  (ACTION++ {other} weights, not exported: mean Dice {100 * dice:.2f}; exported: "
                       f"{run_cfg.export_weights})", flush=True)
             print(flush=True)
-        if all(results[k] for k in results):
-            print(f"seed {seed}: ACTION++ {100 * results['ACTION++'][-1]:.2f}, supervised-only "
-                  f"{100 * results['supervised-only'][-1]:.2f} "
-                  f"({100 * (results['ACTION++'][-1] - results['supervised-only'][-1]):+.2f} points)\n", flush=True)
-    results = {k: v for k, v in results.items() if v}
-    if len(results) < 2:
-        for name, values in results.items():
-            print(f"mean Dice: {name} {100 * statistics.mean(values):.2f} (" + ", ".join(f"{100 * v:.2f}" for v in values) + ")")
-        return 0
-    if len(seeds) > 1:
-        for name, values in results.items():
-            print(f"{name}: mean {100 * statistics.mean(values):.2f} over seeds "
-                  + ", ".join(f"{s}: {100 * v:.2f}" for s, v in zip(seeds, values)))
-    ours, theirs = statistics.mean(results["ACTION++"]), statistics.mean(results["supervised-only"])
-    print(f"mean Dice: ACTION++ {100 * ours:.2f}, supervised-only {100 * theirs:.2f} ({100 * (ours - theirs):+.2f} points)")
+        print(f"seed {seed}: " + ", ".join(f"{arm} {100 * results[arm][-1]:.2f}" for arm in args.arms) + "\n", flush=True)
+    for line in summary_lines(results, seeds):
+        print(line)
+    print(headline_line(results))
     return 0
 
 

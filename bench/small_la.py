@@ -7,7 +7,9 @@ Of the 24 LA scans in ../shared/data/LA (the first ids of train.list), the first
 labeled, the next ``--unlabeled`` are given to ACTION++ without their labels, and the last ``--test``
 are held out and evaluated (sliding window, ``inference.default_stride_3d`` of the window; the paper's
 18 x 18 x 4 for its 112 x 112 x 80 window).  Same labeled scans, iterations (``--budget``), seed and
-network for both arms.  The last line is ``mean Dice: ACTION++ X, supervised-only Y (+D points)``.
+network for every arm (bench/ablation.py; ``--arms all`` runs the ablation table).  Before the last line,
+one line per arm: ``arm <name>: mean <X.XX> over seeds <s>: <v>, ...``; the last line is
+``mean Dice: ACTION++ X, supervised-only Y (+D points)``.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ from ACTIONPlusPlusLib.evaluation import evaluate_cases  # noqa: E402
 from ACTIONPlusPlusLib.metrics import format_table  # noqa: E402
 from ACTIONPlusPlusLib.model_io import load_model  # noqa: E402
 from ACTIONPlusPlusLib.training import train  # noqa: E402
-from small_acdc import _other_weights_dice, arms_argument, progress_printer  # noqa: E402
+from ablation import ARMS, arm_config, arms_argument, headline_line, summary_lines, uses_unlabeled  # noqa: E402
+from small_acdc import _other_weights_dice, progress_printer  # noqa: E402
 
 
 def main() -> int:
@@ -45,10 +48,11 @@ def main() -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seeds", default="1337")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="config override for the ACTION++ arm (ablations)")
+                        help="config override for every ACTION++ arm (ablations)")
     parser.add_argument("--set-both", action="append", default=[], metavar="KEY=VALUE",
                         help="config override for both arms (runtime settings, e.g. cpu_bf16=true)")
-    parser.add_argument("--arms", type=arms_argument, default="actionpp,supervised", help="which arms to run (ablations: actionpp)")
+    parser.add_argument("--arms", type=arms_argument, default="actionpp,supervised",
+                        help="comma-separated arms, or all (the ablation table): " + ", ".join(ARMS))
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "small_la")
     parser.add_argument("--resume", action="store_true",
                         help="continue each arm from its checkpoint in --out (an arm cut off, e.g. by a lease's end)")
@@ -78,38 +82,28 @@ def main() -> int:
           f"{'x'.join(map(str, patch))}, {lengths.total} iterations each (phases {lengths.warmup}+{lengths.joint}+"
           f"{lengths.finetune}), seeds {seeds}, torch {torch.__version__} on {args.device}"
           + (f"; ACTION++ overrides {overrides}" if overrides else "") + (f"; both arms {both}" if both else ""), flush=True)
-    results: dict[str, list[float]] = {"ACTION++": [], "supervised-only": []}
+    results: dict[str, list[float]] = {arm: [] for arm in args.arms}
     for seed in seeds:
-        for name, mode in (("ACTION++", "actionpp"), ("supervised-only", "supervised")):
-            if mode not in args.arms:
-                continue
-            run_cfg = base.replace(mode=mode, seed=seed, **{**both, **(overrides if mode == "actionpp" else {})})
+        for arm in args.arms:
+            run_cfg = arm_config(base, arm, seed, overrides, both)
+            run_dir = args.out / f"seed{seed}" / arm
             started = time.perf_counter()
-            result = train(run_cfg, labeled, unlabeled if mode == "actionpp" else [], args.out / f"seed{seed}" / mode,
-                           callback=progress_printer(name),
-                           resume=args.resume, overwrite=not args.resume)
+            result = train(run_cfg, labeled, unlabeled if uses_unlabeled(arm) else [], run_dir,
+                           callback=progress_printer(arm), resume=args.resume, overwrite=not args.resume)
             seconds = time.perf_counter() - started
             model, model_cfg = load_model(result.model_path)
             evaluation = evaluate_cases(model, model_cfg, test)
-            results[name].append(evaluation.summary["mean"]["dice"])
+            results[arm].append(evaluation.summary["mean"]["dice"])
             print(format_table(evaluation.summary, base.foreground_names,
-                               f"seed {seed}, {name}: {len(labeled)} labeled scans, {len(test)} held-out scans "
+                               f"seed {seed}, arm {arm}: {len(labeled)} labeled scans, {len(test)} held-out scans "
                                f"({seconds:.0f} s training)") + "\n", flush=True)
-            if mode == "actionpp" and args.other_weights:
-                other, dice = _other_weights_dice(args.out / f"seed{seed}" / mode, run_cfg, test, labeled, unlabeled)
+            if arm == "actionpp" and args.other_weights:
+                other, dice = _other_weights_dice(run_dir, run_cfg, test, labeled, unlabeled)
                 print(f"  (ACTION++ {other} weights, not exported: mean Dice {100 * dice:.2f}; exported: "
                       f"{run_cfg.export_weights})", flush=True)
-    results = {k: v for k, v in results.items() if v}
-    if len(results) < 2:
-        for name, values in results.items():
-            print(f"mean Dice: {name} {100 * statistics.mean(values):.2f} (" + ", ".join(f"{100 * v:.2f}" for v in values) + ")")
-        return 0
-    ours, theirs = statistics.mean(results["ACTION++"]), statistics.mean(results["supervised-only"])
-    if len(seeds) > 1:
-        for name, values in results.items():
-            print(f"{name}: mean {100 * statistics.mean(values):.2f} over seeds "
-                  + ", ".join(f"{s}: {100 * v:.2f}" for s, v in zip(seeds, values)))
-    print(f"mean Dice: ACTION++ {100 * ours:.2f}, supervised-only {100 * theirs:.2f} ({100 * (ours - theirs):+.2f} points)")
+    for line in summary_lines(results, seeds):
+        print(line)
+    print(headline_line(results))
     return 0
 
 

@@ -131,26 +131,41 @@ class FinetuneHeads(nn.Module):
         return pseudo, conf, thresholds
 
     @torch.no_grad()
-    @fp32_loss
-    def update_reliability(self, cfg, logits_tl: Tensor, y_l: Tensor) -> Tensor:
-        """EMA of the teacher's mean foreground Dice on the labeled batch; returns the current value.
+    def update_reliability(self, cfg, value: Tensor) -> Tensor:
+        """EMA (``reliability_momentum``) of the teacher's reliability ``value``; returns the current EMA.
 
-        The labeled images go through the teacher anyway (for SAACL's features), so how well the teacher
-        segments them is known at no cost.  The unsupervised terms are scaled by it: a teacher that
-        cannot yet segment the labeled images does not get to teach the unlabeled ones.
+        The unsupervised terms are scaled by it: a teacher that cannot yet segment does not get to teach.
+        ``value`` comes from :func:`view_agreement` on the unlabeled images (``reliability_source``
+        "agreement") or :func:`labeled_dice` on the labeled batch ("labeled", which the teacher has fitted).
         """
-        c = logits_tl.shape[1]
-        dims = [0] + list(range(2, logits_tl.dim()))
-        pred = one_hot(logits_tl.argmax(dim=1), c)
-        truth = one_hot(y_l, c)
-        stats = torch.stack([(pred * truth).sum(dim=dims), pred.sum(dim=dims) + truth.sum(dim=dims),
-                             truth.sum(dim=dims)])
-        stats = all_gather_cat(stats.unsqueeze(0)).sum(dim=0)
-        dice = 2.0 * stats[0] / stats[1].clamp_min(1.0)
-        present = stats[2, 1:] > 0
-        value = torch.where(present, dice[1:], torch.zeros_like(dice[1:])).sum() / present.sum().clamp_min(1)
-        self._ema_(self.teacher_reliability, value, float(cfg.reliability_momentum))
+        self._ema_(self.teacher_reliability, value.float(), float(cfg.reliability_momentum))
         return self.teacher_reliability.clone()
+
+
+def _foreground_dice(pred: Tensor, reference: Tensor, num_classes: int, either: bool) -> Tensor:
+    """Mean foreground Dice between two label maps over the whole batch (all ranks).  Classes count when
+    present in ``reference`` (``either``: in either map); none present gives 0."""
+    dims = [0] + list(range(2, pred.dim() + 1))
+    a, b = one_hot(pred, num_classes), one_hot(reference, num_classes)
+    stats = torch.stack([(a * b).sum(dim=dims), a.sum(dim=dims) + b.sum(dim=dims), b.sum(dim=dims)])
+    stats = all_gather_cat(stats.unsqueeze(0)).sum(dim=0)
+    dice = 2.0 * stats[0] / stats[1].clamp_min(1.0)
+    present = (stats[1, 1:] if either else stats[2, 1:]) > 0
+    return torch.where(present, dice[1:], torch.zeros_like(dice[1:])).sum() / present.sum().clamp_min(1)
+
+
+@torch.no_grad()
+def labeled_dice(logits_tl: Tensor, y_l: Tensor) -> Tensor:
+    """The teacher's mean foreground Dice on the labeled batch (images it is trained on: optimistic)."""
+    return _foreground_dice(logits_tl.argmax(dim=1), y_l, logits_tl.shape[1], either=False)
+
+
+@torch.no_grad()
+def view_agreement(prob_a: Tensor, prob_b: Tensor) -> Tensor:
+    """Mean foreground Dice between the teacher's labels of the unlabeled images and of their mirror
+    images (mapped back): how stable its segmentation of images it has never fitted is.  A teacher that
+    labels no foreground, or labels it where the mirror view does not, scores near 0."""
+    return _foreground_dice(prob_a.argmax(dim=1), prob_b.argmax(dim=1), prob_a.shape[1], either=True)
 
 
 def _split(x: Tensor, n: int) -> tuple[Tensor, Tensor]:
@@ -189,20 +204,32 @@ class FinetuneStep:
         n_l = len(x_l)
         sparse = cfg.representation_kernel == 1
 
+        mirror = cfg.teacher_mirror_view or (cfg.reliability_gate and cfg.reliability_source == "agreement")
         with torch.no_grad(), autocast():  # teacher: pseudo-labels on the weak view, features on x_l
+            x_t = torch.cat([x_u, torch.flip(x_u, dims=[2])]) if mirror else x_u
             if cfg.fused_forward:
-                out_t = self.teacher(torch.cat([x_l, x_u]))
+                out_t = self.teacher(torch.cat([x_l, x_t]))
                 logits_tl, logits_tu = _split(out_t.logits, n_l)
                 feat_tl = [f[:n_l] for f in out_t.features]
             else:
-                logits_tu = self.teacher(x_u).logits
+                logits_tu = self.teacher(x_t).logits
                 out_tl = self.teacher(x_l)
                 logits_tl, feat_tl = out_tl.logits, out_tl.features
             prob_t = torch.softmax(logits_tu.float(), dim=1)
+            if mirror:  # the mirror view's probabilities, mapped back onto the image
+                prob_t, prob_m = _split(prob_t, len(x_u))
+                prob_m = torch.flip(prob_m, dims=[2])
             rep_t = None if sparse else heads.k_rep(feat_tl).float()
+        gate = None
+        if cfg.reliability_gate:
+            value = view_agreement(prob_t, prob_m) if cfg.reliability_source == "agreement" \
+                else labeled_dice(logits_tl.float(), y_l)
+        if mirror and cfg.teacher_mirror_view:  # pseudo-labels from both views (test-time augmentation)
+            prob_t = 0.5 * (prob_t + prob_m)
         pseudo, conf, thresholds = heads.pseudo_labels(cfg, prob_t, y_l)
         teacher_labels = pseudo
-        gate = heads.update_reliability(cfg, logits_tl.float(), y_l) if cfg.reliability_gate else None
+        if cfg.reliability_gate:  # after pseudo_labels: its first call marks the running statistics ready
+            gate = heads.update_reliability(cfg, value)
 
         if cfg.mix == "cutmix":
             masks = augment.cutmix_masks(len(x_u), tuple(x_u.shape[2:]), dev_gen, x_u.device,
@@ -299,6 +326,8 @@ class SupervisedStep:
     def __call__(self, batches, host_gen, dev_gen, autocast) -> tuple[Tensor, dict[str, Tensor]]:
         cfg = self.cfg
         x_l, y_l = batches.labeled(cfg.finetune_labeled_batch, host_gen, dev_gen, cfg.geometric_augmentation)
+        if cfg.supervised_copy_paste:
+            return self._with_copy_paste(batches, host_gen, dev_gen, autocast, x_l, y_l)
         if cfg.intensity_augmentation:
             x_l = augment.jitter(x_l, cfg.jitter_strength, dev_gen)
         with autocast():
@@ -306,5 +335,30 @@ class SupervisedStep:
         loss = supervised_loss(logits.float(), y_l)
         return loss, {"sup": loss}
 
+    def _with_copy_paste(self, batches, host_gen, dev_gen, autocast, x_l: Tensor, y_l: Tensor
+                         ) -> tuple[Tensor, dict[str, Tensor]]:
+        """The fair baseline (``supervised_copy_paste``): ACTION++'s strong view built from labeled images only.
 
-__all__ = ["FinetuneHeads", "FinetuneStep", "SupervisedStep"]
+        A second labeled batch takes the place of the unlabeled one and gets the same box masks, the
+        same two paste directions and the same intensity augmentation as ACTION++'s strong view, so the
+        copy-paste itself is not credited to the semi-supervised parts.  Every pixel of the mixed images
+        has ground truth, so they are taught with the full supervised loss; one forward over both
+        batches (BatchNorm statistics as in ACTION++'s fused forward).
+        """
+        cfg = self.cfg
+        x_p, y_p = batches.labeled(cfg.finetune_unlabeled_batch, host_gen, dev_gen, cfg.geometric_augmentation)
+        masks = augment.cutmix_masks(len(x_p), tuple(x_p.shape[2:]), dev_gen, x_p.device, cfg.cutmix_depth_fraction)
+        if cfg.mix_bidirectional:
+            masks = augment.alternate_masks(masks)
+        masks = augment.unmixed_tail(masks, cfg.mix_share)
+        x_s, y_s, _, _ = augment.mix_pair(x_p, y_p, torch.ones_like(y_p, dtype=torch.float32), x_l, y_l, masks)
+        if cfg.intensity_augmentation:
+            x_s = augment.gaussian_blur(augment.jitter(x_s, cfg.strong_jitter_strength, dev_gen), dev_gen)
+        with autocast():
+            logits = self.student(torch.cat([x_l, x_s])).logits.float()
+        logits_l, logits_s = _split(logits, len(x_l))
+        losses = {"sup": supervised_loss(logits_l, y_l), "pasted": supervised_loss(logits_s, y_s)}
+        return cfg.weight_sup * (losses["sup"] + losses["pasted"]), losses
+
+
+__all__ = ["FinetuneHeads", "FinetuneStep", "SupervisedStep", "labeled_dice", "view_agreement"]

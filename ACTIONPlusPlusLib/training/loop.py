@@ -418,7 +418,7 @@ def _load_init_weights(trainer: Trainer, init_model: Path) -> None:
 def train(cfg: Config, labeled: list[Case], unlabeled: list[Case], out_dir: str | Path,
           callback: Callback | None = None, resume: bool | str | Path = False, init_model: str | Path | None = None,
           should_stop: Callable[[], bool] | None = None, device: torch.device | None = None,
-          overwrite: bool = False) -> TrainResult:
+          overwrite: bool = False, export: bool = True) -> TrainResult:
     """Train ACTION++ (or the supervised baseline) and write ``model.pt`` into ``out_dir``.
 
     ``resume`` (True = ``out_dir/checkpoint.pt``, or a path) continues an interrupted run exactly;
@@ -426,6 +426,9 @@ def train(cfg: Config, labeled: list[Case], unlabeled: list[Case], out_dir: str 
     ``should_stop`` is polled every iteration (the worker's SIGTERM flag): the run then saves a checkpoint
     and returns with ``stopped=True``.  Bad input raises :class:`DataError` before any training.
     A folder that holds a run is refused unless ``resume`` or ``overwrite`` (training/run_folder.py).
+    With ``pretrain_cache_iterations`` > 0 a fresh ACTION++ run (no resume, no ``init_model``) starts
+    fine-tuning from the cached pre-training of its images, pre-training first when there is none
+    (training/pretrain_cache.py).  ``export=False`` writes no ``model.pt`` (the cache's own runs).
     """
     from ..data.validation import validate_training_cases
     from ..model_io import save_model
@@ -467,13 +470,22 @@ def train(cfg: Config, labeled: list[Case], unlabeled: list[Case], out_dir: str 
             trainer.load_state_dict(load_checkpoint(resume_path, map_location="cpu"))
         elif init_model is not None:
             _load_init_weights(trainer, Path(init_model))
+        elif cfg.mode == "actionpp" and cfg.pretrain_cache_iterations > 0:
+            from .pretrain_cache import pretrained_student
+
+            pretrained = pretrained_student(cfg, labeled, unlabeled, callback, should_stop, device=trainer.device)
+            if pretrained is None:  # stopped while pre-training: its own checkpoint resumes next time
+                return TrainResult(None, checkpoint_path, out_dir / "config.json", True, 0, warnings)
+            trainer.student.load_state_dict(pretrained)
+            trainer.teacher.load_state_dict(pretrained)
+            torch.manual_seed(cfg.seed + dist_utils.rank())  # as if read from the cache: the same run either way
         config_path = run.accept(cfg)  # accepted: only now is config.json (re)written
         try:
             stopped = trainer.run(should_stop)
         except TrainingError as exc:
             raise run.training_error(exc) from exc
         model_path = None
-        if not stopped and dist_utils.is_main_process():
+        if export and not stopped and dist_utils.is_main_process():
             model_path = save_model(out_dir / MODEL_NAME, trainer.exported_network(), cfg, iterations=trainer.tracker.overall_total,
                                     dataset=fingerprint)
         dist_utils.barrier()

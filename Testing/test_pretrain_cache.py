@@ -1,0 +1,115 @@
+"""Pre-training computed once and reused (training/pretrain_cache.py, ``pretrain_cache_iterations``).
+
+The second run on the same images pre-trains nothing and starts fine-tuning from the stored student;
+labelling one more of the same images keeps the entry; other images or other pre-training settings
+make a new one; a pre-training run that was stopped resumes from its own checkpoint.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ACTIONPlusPlusLib.config import preset
+from ACTIONPlusPlusLib.data.phantoms import cardiac_phantom_dataset
+from ACTIONPlusPlusLib.data.types import Case
+from ACTIONPlusPlusLib.training import pretrain_cache
+from ACTIONPlusPlusLib.training.checkpoint import load_checkpoint
+from ACTIONPlusPlusLib.training.loop import train
+
+
+@pytest.fixture(scope="module")
+def cardiac():
+    return cardiac_phantom_dataset(num_labeled=2, num_unlabeled=2, num_test=1, seed=3, num_slices=2, size=(32, 32))
+
+
+def _cfg(tmp_path, **kw):
+    settings = dict(patch_size=[32, 32], base_channels=4, local_window=16, local_stride=8, local_pool=4,
+                    anco_queries=8, anco_negatives=16, saacl_anchors_per_class=8, saacl_queue_size=64,
+                    budget_iterations=4, pretrain_cache_iterations=6, pretrain_cache_dir=str(tmp_path / "cache"),
+                    device="cpu", log_every=2, export_bn_batches=1)
+    return preset("acdc", **{**settings, **kw})
+
+
+def _run(cfg, cardiac, out, labeled=None, unlabeled=None):
+    events: list[dict] = []
+    result = train(cfg, labeled if labeled is not None else cardiac.labeled,
+                   unlabeled if unlabeled is not None else cardiac.unlabeled, out, callback=events.append)
+    return result, events
+
+
+def _phases(events):
+    return [e["phase"] for e in events if e["event"] == "stage"]
+
+
+def test_second_run_reuses_the_pretraining_and_fine_tunes_from_it(cardiac, tmp_path) -> None:
+    cfg = _cfg(tmp_path)
+    first, events = _run(cfg, cardiac, tmp_path / "a")
+    assert _phases(events) == ["warmup", "joint", "finetune"]
+    entries = list((tmp_path / "cache").glob("*.pt"))
+    assert len(entries) == 1 and not list((tmp_path / "cache").glob("*.work"))
+    stored = load_checkpoint(entries[0])["student"]
+
+    second, events = _run(cfg, cardiac, tmp_path / "b")
+    assert _phases(events) == ["finetune"]  # no pre-training iteration ran
+    assert [e["cached"] for e in events if e["event"] == "pretraining"] == [True]
+    # the fine-tuning of both runs started from the same student: same seed, same weights at the end
+    a = load_checkpoint(first.checkpoint_path)["student"]
+    b = load_checkpoint(second.checkpoint_path)["student"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # and that student is the cached one, not a fresh network: fine-tuning moved away from it, by little
+    fresh = _cfg(tmp_path, pretrain_cache_iterations=0)
+    no_cache, _ = _run(fresh, cardiac, tmp_path / "c")
+    c = load_checkpoint(no_cache.checkpoint_path)["student"]
+    key = next(k for k in stored if k.endswith("weight") and stored[k].dim() == 4)
+    assert (a[key] - stored[key]).norm() < (c[key] - stored[key]).norm()
+
+
+def test_the_key_follows_the_images_and_pretraining_settings_not_the_labels(cardiac, tmp_path) -> None:
+    cfg = _cfg(tmp_path)
+    key = pretrain_cache.cache_key(cfg, cardiac.labeled, cardiac.unlabeled)
+    # one more of the same images labeled (annotate-train-predict): the same entry
+    newly = Case(cardiac.unlabeled[0].id, cardiac.unlabeled[0].image, cardiac.labeled[0].label, cardiac.unlabeled[0].spacing)
+    assert pretrain_cache.cache_key(cfg, [*cardiac.labeled, newly], cardiac.unlabeled[1:]) == key
+    assert pretrain_cache.cache_key(cfg, cardiac.labeled, list(reversed(cardiac.unlabeled))) == key
+    # fine-tuning settings do not shape pre-training
+    assert pretrain_cache.cache_key(cfg.replace(weight_anco=0.5, budget_iterations=9), cardiac.labeled, cardiac.unlabeled) == key
+    # pre-training settings, the seed and other images do
+    for other in (cfg.replace(weight_local=0.5), cfg.replace(seed=2), cfg.replace(pretrain_cache_iterations=8),
+                  cfg.replace(patch_size=[16, 16])):
+        assert pretrain_cache.cache_key(other, cardiac.labeled, cardiac.unlabeled) != key
+    assert pretrain_cache.cache_key(cfg, cardiac.labeled, cardiac.unlabeled[:1]) != key
+
+
+def test_a_stopped_pretraining_resumes_from_its_own_checkpoint(cardiac, tmp_path) -> None:
+    cfg = _cfg(tmp_path)
+    calls = {"n": 0}
+
+    def stop_after_four() -> bool:
+        calls["n"] += 1
+        return calls["n"] > 4
+
+    result = train(cfg, cardiac.labeled, cardiac.unlabeled, tmp_path / "a", should_stop=stop_after_four)
+    assert result.stopped and result.model_path is None
+    work = list((tmp_path / "cache").glob("*.work"))
+    assert len(work) == 1 and (work[0] / "checkpoint.pt").is_file()
+    assert not list((tmp_path / "cache").glob("*.pt"))
+
+    events: list[dict] = []
+    train(cfg, cardiac.labeled, cardiac.unlabeled, tmp_path / "b", callback=events.append)
+    started = [e for e in events if e["event"] == "pretraining"]
+    assert started and started[0]["resumed"] is True
+    progress = [e for e in events if e["event"] == "progress" and e["stage"] == "pretrain"]
+    assert progress and progress[0]["overall_iteration"] > 4  # continued, not restarted
+    assert len(list((tmp_path / "cache").glob("*.pt"))) == 1
+
+
+def test_a_damaged_entry_is_replaced_not_used(cardiac, tmp_path) -> None:
+    cfg = _cfg(tmp_path)
+    _run(cfg, cardiac, tmp_path / "a")
+    entry = next((tmp_path / "cache").glob("*.pt"))
+    entry.write_bytes(entry.read_bytes()[:200])  # truncated
+    _, events = _run(cfg, cardiac, tmp_path / "b")
+    assert any(e["event"] == "warning" and "unusable" in e["message"] for e in events)
+    assert _phases(events) == ["warmup", "joint", "finetune"]
+    load_checkpoint(entry)  # rewritten whole

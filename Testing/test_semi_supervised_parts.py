@@ -1,0 +1,225 @@
+"""The parts ACTION++ adds to a supervised baseline, checked where the trainer uses them.
+
+- the ablation bench's arms (bench/ablation.py) each train at a tiny size and switch exactly their part;
+- the fair baseline (``supervised_copy_paste``) mixes labeled images with their ground truth as
+  ACTION++'s strong view mixes labeled and unlabeled ones, and is taught on the mixed images;
+- the reliability gate measures the teacher on the unlabeled images (agreement with their mirror
+  views), not on the labeled batch it has fitted, and the pseudo-labels average both views;
+- once the teacher is right and its gate open, what is taught from its pseudo-labels carries every class
+  at about its share among the pseudo-labels (the mask no longer drops the minority classes).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from ACTIONPlusPlusLib.config import preset
+from ACTIONPlusPlusLib.data.phantoms import cardiac_phantom_dataset
+from ACTIONPlusPlusLib.losses.supervised import supervised_loss
+from ACTIONPlusPlusLib.training import augment, finetune
+from ACTIONPlusPlusLib.training.finetune import FinetuneStep, SupervisedStep, view_agreement
+from ACTIONPlusPlusLib.training.loop import Trainer, train
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+import ablation  # noqa: E402
+
+SMALL = dict(patch_size=[32, 32], base_channels=4, local_window=16, local_stride=8, local_pool=4,
+             anco_queries=8, anco_negatives=16, saacl_anchors_per_class=8, saacl_queue_size=64,
+             device="cpu", checkpoint_every=10**6, log_every=1, export_bn_batches=1)
+
+
+@pytest.fixture(scope="module")
+def cardiac():
+    return cardiac_phantom_dataset(num_labeled=3, num_unlabeled=3, num_test=0, seed=11, num_slices=4, size=(32, 32))
+
+
+def _trainer(cardiac, tmp_path: Path, mode: str = "actionpp", **kw) -> Trainer:
+    cfg = preset("acdc", **{**SMALL, "budget_iterations": 8, "mode": mode, **kw})
+    trainer = Trainer(cfg, cardiac.labeled, cardiac.unlabeled if mode == "actionpp" else [], tmp_path)
+    trainer.prepare()
+    trainer.phase_index = len(trainer.phases) - 1
+    trainer._begin_phase(trainer.phases[-1])
+    return trainer
+
+
+# --- the ablation bench's arms ----------------------------------------------------------------------
+def test_each_arm_adds_one_part_to_the_arm_before_it() -> None:
+    base = preset("acdc", budget_iterations=600)
+    cfgs = {arm: ablation.arm_config(base, arm, 1, {}, {}) for arm in ablation.ARMS}
+    diff = {}
+    names = list(ablation.ARMS)
+    for before, after in zip(names, names[1:]):
+        a, b = cfgs[before].to_dict(), cfgs[after].to_dict()
+        diff[after] = sorted(k for k in a if a[k] != b[k])
+    assert diff["supervised_paste"] == ["supervised_copy_paste"]
+    paste = cfgs["paste_only"]
+    assert paste.mode == "actionpp" and paste.weight_unsup == paste.weight_anco == paste.weight_saacl == 0.0
+    assert paste.phase_lengths().warmup == paste.phase_lengths().joint == paste.pretrain_cache_iterations == 0
+    assert diff["pseudo"] == ["weight_unsup"]
+    assert diff["anco"] == ["weight_anco"]
+    assert diff["saacl"] == ["weight_saacl"]
+    assert set(diff["actionpp"]) <= {"budget_warmup_fraction", "budget_joint_fraction", "pretrain_cache_iterations"}
+    assert cfgs["actionpp"].to_dict() == base.replace(seed=1).to_dict()  # the last arm is the shipped preset
+    # an ACTION++ override never undoes an arm's own ablation
+    assert ablation.arm_config(base, "paste_only", 1, {"weight_anco": "0.5"}, {}).weight_anco == 0.0
+    with pytest.raises(Exception):
+        ablation.arms_argument("supervised,pastey")
+    assert ablation.arms_argument("all") == names
+
+
+@pytest.mark.parametrize("arm", list(ablation.ARMS))
+def test_every_arm_trains_with_its_parts(cardiac, tmp_path, arm) -> None:
+    """Each arm trains and its total is the sum of the parts it switches on, each of which is taught
+    (no ramp-up, no gate and no confidence mask here, so that every switched-on part weighs in)."""
+    base = preset("acdc", **{**SMALL, "budget_iterations": 3, "pretrain_cache_dir": str(tmp_path / "cache"),
+                             "rampup_fraction": 0.0, "reliability_gate": False, "pseudo_threshold": 0.0})
+    cfg = ablation.arm_config(base, arm, 1, {}, {})
+    events: list[dict] = []
+    result = train(cfg, cardiac.labeled, cardiac.unlabeled if ablation.uses_unlabeled(arm) else [], tmp_path / arm,
+                   callback=events.append)
+    assert result.model_path is not None and result.model_path.is_file()
+    losses = [e["losses"] for e in events if e["event"] == "progress" and e["phase"] in ("finetune", "supervised")][-1]
+    if arm == "supervised":
+        assert set(losses) == {"total", "sup"}
+        return
+    assert losses["pasted"] > 0 and losses["total"] > losses["sup"]
+    if arm == "supervised_paste":
+        assert losses["total"] == pytest.approx(losses["sup"] + losses["pasted"], rel=1e-5)
+        return
+    parts = {"unsup": cfg.weight_unsup, "anco": cfg.weight_anco, "saacl": cfg.weight_saacl}
+    expected = losses["sup"] + losses["pasted"] + sum(w * losses[k] for k, w in parts.items())
+    assert losses["total"] == pytest.approx(expected, rel=1e-5)
+    switched_on = {k for k, w in parts.items() if w > 0}
+    assert switched_on == {"paste_only": set(), "pseudo": {"unsup"}, "anco": {"unsup", "anco"}}.get(arm, set(parts))
+    assert all(losses[k] > 0 for k in switched_on)
+
+
+def test_the_table_lines_keep_the_last_line_as_it_was() -> None:
+    results = {"actionpp": [0.5, 0.6], "supervised": [0.4, 0.45], "paste_only": [0.5, 0.55]}
+    lines = ablation.summary_lines(results, [1337, 1])
+    assert lines == ["arm supervised: mean 42.50 over seeds 1337: 40.00, 1: 45.00",
+                     "arm paste_only: mean 52.50 over seeds 1337: 50.00, 1: 55.00",
+                     "arm actionpp: mean 55.00 over seeds 1337: 50.00, 1: 60.00"]
+    assert ablation.headline_line(results) == "mean Dice: ACTION++ 55.00, supervised-only 42.50 (+12.50 points)"
+
+
+# --- the fair baseline ------------------------------------------------------------------------------
+def test_copy_paste_baseline_is_taught_on_labeled_images_mixed_with_their_ground_truth(cardiac, tmp_path, monkeypatch) -> None:
+    trainer = _trainer(cardiac, tmp_path, mode="supervised", supervised_copy_paste=True,
+                       geometric_augmentation=False, intensity_augmentation=False)
+    seen: dict[str, torch.Tensor] = {}
+    real_mix = augment.mix_pair
+
+    def spy_mix(image, labels, conf, partner_image, partner_labels, masks):
+        out = real_mix(image, labels, conf, partner_image, partner_labels, masks)
+        seen.update(image=image, labels=labels, partner_image=partner_image, partner_labels=partner_labels,
+                    mixed=out[0], mixed_labels=out[1], from_partner=out[3])
+        return out
+
+    monkeypatch.setattr(augment, "mix_pair", spy_mix)
+    inputs: list[torch.Tensor] = []
+    trainer.student.register_forward_hook(lambda m, args, out: inputs.append(args[0].detach().clone()))
+    step = SupervisedStep(trainer.cfg, trainer.student)
+    loss, parts = step(trainer.batches, trainer.host_gen, trainer.dev_gen, trainer.autocast)
+    n = trainer.cfg.finetune_labeled_batch
+    assert inputs and inputs[0].shape[0] == n + trainer.cfg.finetune_unlabeled_batch  # one forward, both batches
+    assert torch.equal(inputs[0][n:], seen["mixed"])  # the student sees the mixed labeled images
+    both = seen["from_partner"]
+    assert both.any() and (~both).any()  # a box of one labeled image inside another
+    # every label of the mixed images is ground truth: the partner's inside, the image's own outside
+    assert torch.equal(seen["mixed_labels"][both], seen["partner_labels"][both])
+    assert torch.equal(seen["mixed_labels"][~both], seen["labels"][~both])
+    with torch.no_grad():
+        logits = trainer.student(inputs[0]).logits.float()
+    assert parts["pasted"].item() == pytest.approx(supervised_loss(logits[n:], seen["mixed_labels"]).item(), rel=1e-4)
+    assert loss.item() == pytest.approx((parts["sup"] + parts["pasted"]).item(), rel=1e-6)
+
+
+# --- the reliability gate and the mirror view -------------------------------------------------------
+def test_view_agreement_scores_the_foreground_of_two_views() -> None:
+    a = torch.zeros(2, 3, 8, 8)
+    a[:, 0] = 1.0
+    a[:, 1, 2:5, 2:5], a[:, 0, 2:5, 2:5] = 2.0, 0.0
+    assert view_agreement(a, a).item() == pytest.approx(1.0)
+    b = torch.zeros_like(a)
+    b[:, 0] = 1.0
+    b[:, 2, 5:7, 5:7], b[:, 0, 5:7, 5:7] = 2.0, 0.0
+    assert view_agreement(a, b).item() == pytest.approx(0.0)  # foreground of other classes, elsewhere
+    background = torch.zeros_like(a)
+    background[:, 0] = 1.0
+    assert view_agreement(background, background).item() == 0.0  # no foreground: no trust
+
+
+def test_gate_is_the_teachers_agreement_with_its_mirror_view_of_the_unlabeled_images(cardiac, tmp_path, monkeypatch) -> None:
+    trainer = _trainer(cardiac, tmp_path, reliability_momentum=0.0)
+    unlabeled: list[torch.Tensor] = []
+    real_unlabeled = trainer.batches.unlabeled
+
+    def spy_unlabeled(*args, **kwargs):
+        x = real_unlabeled(*args, **kwargs)
+        unlabeled.append(x)
+        return x
+
+    monkeypatch.setattr(trainer.batches, "unlabeled", spy_unlabeled)
+    teacher_inputs: list[torch.Tensor] = []
+    trainer.teacher.register_forward_hook(lambda m, args, out: teacher_inputs.append(args[0].detach().clone()))
+    agreements: list[torch.Tensor] = []
+    real_agreement = finetune.view_agreement
+    monkeypatch.setattr(finetune, "view_agreement", lambda a, b: agreements.append(real_agreement(a, b)) or agreements[-1])
+    labeled_calls: list[int] = []
+    monkeypatch.setattr(finetune, "labeled_dice", lambda *a: labeled_calls.append(1) or torch.tensor(0.123))
+    step = FinetuneStep(trainer.cfg, trainer.student, trainer.teacher, trainer.ft)
+    _, _, diagnostics = step(trainer.batches, trainer.host_gen, trainer.dev_gen, 0.5, trainer.autocast, 1.0)
+    x_u = unlabeled[0]
+    n_l, n_u = trainer.cfg.finetune_labeled_batch, len(x_u)
+    seen = teacher_inputs[0]
+    assert torch.equal(seen[n_l:n_l + n_u], x_u) and torch.equal(seen[n_l + n_u:], torch.flip(x_u, dims=[2]))
+    assert not labeled_calls  # the labeled batch, which the teacher fits, is not what the gate reads
+    assert len(agreements) == 1
+    assert diagnostics["teacher_dice"].item() == pytest.approx(agreements[0].item())  # momentum 0: the value itself
+
+    legacy = _trainer(cardiac, tmp_path / "legacy", reliability_momentum=0.0, reliability_source="labeled",
+                      teacher_mirror_view=False)
+    step = FinetuneStep(legacy.cfg, legacy.student, legacy.teacher, legacy.ft)
+    _, _, diagnostics = step(legacy.batches, legacy.host_gen, legacy.dev_gen, 0.5, legacy.autocast, 1.0)
+    assert labeled_calls and diagnostics["teacher_dice"].item() == pytest.approx(0.123)
+
+
+def _fit_teacher(cardiac, tmp_path: Path, iterations: int = 300) -> dict[str, torch.Tensor]:
+    """A network trained on the phantom's labeled slices until it segments every class (a right teacher)."""
+    cfg = preset("acdc", **{**SMALL, "base_channels": 8, "mode": "supervised", "budget_iterations": iterations,
+                            "lr": 0.03, "intensity_augmentation": False, "log_every": iterations})
+    trainer = Trainer(cfg, cardiac.labeled, [], tmp_path)
+    trainer.run()
+    return trainer.student.state_dict()
+
+
+def test_a_reliable_teacher_teaches_every_class_at_its_pseudo_label_share(cardiac, tmp_path) -> None:
+    """The phantom's unlabeled slices are drawn like the labeled ones, so a teacher fitted to the labeled
+    slices is right on them.  Its gate opens, and the taught pixels carry every class at about its share
+    among the pseudo-labels.  Fails with ``pseudo_threshold_mode=classwise``-era behaviour that drops
+    the minority classes (taught ~0 %), or with a gate that stays shut."""
+    weights = _fit_teacher(cardiac, tmp_path / "fit")
+    trainer = _trainer(cardiac, tmp_path / "ft", base_channels=8, reliability_momentum=0.0,
+                       intensity_augmentation=False)
+    trainer.student.load_state_dict(weights)
+    trainer.teacher.load_state_dict(weights)
+    step = FinetuneStep(trainer.cfg, trainer.student, trainer.teacher, trainer.ft)
+    pseudo = torch.zeros(4)
+    taught = torch.zeros(4)
+    gates = []
+    for _ in range(4):
+        _, _, diagnostics = step(trainer.batches, trainer.host_gen, trainer.dev_gen, 0.5, trainer.autocast, 1.0)
+        pseudo += diagnostics["pseudo_fraction"]
+        taught += diagnostics["taught_fraction"]
+        gates.append(diagnostics["teacher_dice"].item())
+    assert min(gates) > 0.6, gates  # the teacher's two views agree: it may teach
+    pseudo, taught = pseudo / 4, taught / 4
+    for c in range(1, 4):
+        assert pseudo[c] > 0.01, pseudo  # the teacher labels every class
+        assert taught[c] > 0.5 * pseudo[c], (c, taught.tolist(), pseudo.tolist())
