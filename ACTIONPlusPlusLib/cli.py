@@ -307,14 +307,28 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if ours:
         print(f"skipped {len(ours)} file(s) written by an earlier ACTION++ prediction (e.g. {ours[0].name})",
               file=sys.stderr)
+    written: list[Path] = []
+    failed: list[tuple[Path, str]] = []
+    args.predict_progress = (written, len(plan), out)  # for the message when the run is interrupted
     for path, seg, conf in plan:
-        case = read_case(path)
-        _check_fits_model(case, cfg, args.model)
+        try:
+            case = read_case(path)
+            _check_fits_model(case, cfg, args.model)
+        except ActionError as exc:  # this input only (damaged, NaN, a slice for a 3D model): go on with the rest
+            failed.append((path, str(exc)))
+            print(f"error: {exc}", file=sys.stderr)
+            continue
         result = predict_case(model, case, cfg, device=device, normalize_input=True, return_probabilities=args.confidence)
         target = write_label(seg, result.labels, case, note=PREDICTION_NOTE)
         if conf is not None and result.probabilities is not None:
             write_image(conf, confidence_map(result.probabilities), case, note=PREDICTION_NOTE)
+        written.append(target)
         print(target)
+    if failed:
+        lines = [f"{len(written)} of {len(plan)} image(s) segmented into {out}; {len(failed)} not:"]
+        lines += [f"  {path}: {reason}" for path, reason in failed]
+        print("\n".join(lines), file=sys.stderr)
+        return EXIT_USER_ERROR
     return EXIT_OK
 
 
@@ -432,6 +446,12 @@ def _log_folders(args: argparse.Namespace) -> list[Path | None]:
 
 
 def _interrupted_message(args: argparse.Namespace) -> str:
+    progress = getattr(args, "predict_progress", None)
+    if progress is not None:
+        written, total, out = progress
+        last = f" (the last: {written[-1].name})" if written else ""
+        return (f"interrupted: {len(written)} of {total} segmentation(s) were written to {out}{last}; "
+                "run predict again for the rest (it replaces its own earlier outputs)")
     out = getattr(args, "out", None)
     if getattr(args, "command", None) == "train" and out is not None and (Path(out) / "checkpoint.pt").is_file():
         return f"interrupted; continue the run in {out} with --resume"
@@ -445,6 +465,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv and argv[0] == "worker":
         return cmd_worker(argv[1:])
     args = make_parser().parse_args(argv)
+    previous_sigterm = _sigterm_as_interrupt()
     try:
         return int(args.func(args) or 0)
     except TrainingError as exc:
@@ -468,3 +489,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         first = (str(exc).strip().splitlines() or [""])[0]
         print(f"error: unexpected {type(exc).__name__}: {first}{where}", file=sys.stderr)
         return EXIT_UNEXPECTED
+    finally:
+        _restore_sigterm(previous_sigterm)
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _sigterm_as_interrupt() -> Any:
+    """SIGTERM handled like Ctrl-C (exit 130 with a message) from the start of a command, not only
+    once training runs (its own handler then saves a checkpoint first); returns the previous handler."""
+    import signal
+
+    try:
+        return signal.signal(signal.SIGTERM, _raise_interrupt)
+    except (ValueError, OSError):  # not the main thread
+        return None
+
+
+def _restore_sigterm(previous: Any) -> None:
+    import signal
+
+    if previous is not None:
+        try:
+            signal.signal(signal.SIGTERM, previous)
+        except (ValueError, OSError):
+            pass

@@ -73,17 +73,90 @@ def _plain(value: Any) -> Any:
 
 
 class Emitter:
-    """Writes events as JSON lines to the real stdout (thread-safe, flushed per line)."""
+    """Writes events as JSON lines to the real stdout (thread-safe, flushed per line).
 
-    def __init__(self, stream: IO[str]) -> None:
+    When the stream breaks (the reader, Slicer, is gone: a closed pipe), the events are dropped and
+    ``on_broken`` is called once (the worker then stops with a checkpoint) instead of raising inside
+    the training loop, which would end the run without one."""
+
+    def __init__(self, stream: IO[str], on_broken: Callable[[], None] | None = None) -> None:
         self.stream = stream
+        self.on_broken = on_broken
+        self.broken = False
         self._lock = threading.Lock()
 
     def __call__(self, event: dict[str, Any]) -> None:
         line = json.dumps(_plain(event), separators=(",", ":"), allow_nan=False)
         with self._lock:
-            self.stream.write(line + "\n")
-            self.stream.flush()
+            if self.broken:
+                return
+            try:
+                self.stream.write(line + "\n")
+                self.stream.flush()
+            except (OSError, ValueError):  # BrokenPipeError, or the stream was closed
+                self.broken = True
+        if self.broken and self.on_broken is not None:
+            self.on_broken()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        import psutil
+
+        return bool(psutil.pid_exists(pid)) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except Exception:  # noqa: BLE001 - psutil missing or the process vanished in between
+        if os.name == "nt":
+            return True  # no portable probe without psutil
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+
+class ParentWatch(threading.Thread):
+    """Calls ``on_gone`` once when the process that started the worker dies (Slicer crashed or was
+    killed), so that the worker saves a checkpoint and stops instead of training on unseen until its
+    next write fails.  Polls every ``interval`` seconds: the parent's pid, and on POSIX whether this
+    process was handed to another parent."""
+
+    def __init__(self, parent_pid: int, on_gone: Callable[[], None], interval: float = 1.0) -> None:
+        super().__init__(name="actionpp-parent-watch", daemon=True)
+        self.parent_pid = parent_pid
+        self.direct = parent_pid == os.getppid()  # else an ancestor (Slicer behind its launcher)
+        self.on_gone = on_gone
+        self.interval = interval
+        self._stop_event = threading.Event()
+
+    @classmethod
+    def for_this_process(cls, on_gone: Callable[[], None]) -> "ParentWatch | None":
+        """Watching ``ACTIONPP_PARENT_PID`` (set by the runner: Slicer's pid) or else the parent; None
+        when there is nothing to watch (``ACTIONPP_NO_PARENT_WATCH`` set, or already orphaned)."""
+        if os.environ.get("ACTIONPP_NO_PARENT_WATCH"):
+            return None
+        try:
+            pid = int(os.environ.get("ACTIONPP_PARENT_PID", "") or os.getppid())
+        except ValueError:
+            pid = os.getppid()
+        if pid <= 1 or not _pid_alive(pid):
+            return None
+        return cls(pid, on_gone)
+
+    def gone(self) -> bool:
+        if self.direct and os.name != "nt" and os.getppid() != self.parent_pid:
+            return True  # handed to another parent: ours died (its pid may already be reused)
+        return not _pid_alive(self.parent_pid)
+
+    def run(self) -> None:
+        while not self._stop_event.wait(self.interval):
+            if self.gone():
+                self.on_gone()
+                return
+
+    def stop(self) -> None:
+        self._stop_event.set()
 
 
 class StopFlag:
@@ -370,7 +443,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     original_stdout = sys.stdout
     events_stream, restore = _private_event_stream()
     sys.stdout = sys.stderr  # stray Python prints must not corrupt the event stream
-    emit = Emitter(events_stream)
+    emit = Emitter(events_stream)  # on_broken is set once the stop flag exists
     if len(args) != 1 or args[0] in ("-h", "--help"):
         sys.stderr.write("usage: python -m ACTIONPlusPlusLib worker JOB.json\n")
         emit({"event": "error", "message": "usage: worker JOB.json (exactly one job file)", "type": "UsageError",
@@ -381,6 +454,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     should_stop = StopFlag(stop_file_for(job_path))
     should_stop.install()
+    emit.on_broken = lambda: should_stop.set("event stream closed")
+    watch = ParentWatch.for_this_process(lambda: should_stop.set("parent process gone"))
+    if watch is not None:
+        watch.start()
     if should_stop.clear_stale(_process_start_time()):
         sys.stderr.write(f"worker: removed {should_stop.stop_file}, left over from an earlier run of this job\n")
     try:
@@ -406,6 +483,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         emit({"event": "error", "message": message, "type": type(exc).__name__, "exit_code": code})
         return code
     finally:
+        if watch is not None:
+            watch.stop()
         sys.stdout = original_stdout
         restore()
 

@@ -291,3 +291,141 @@ def test_memory_estimate_against_the_device(monkeypatch):
         memory_check.check_training_memory(la, "cpu")
     suggested = str(info.value).split("e.g. ")[1].split(")")[0]
     assert all(int(v) % 16 == 0 and int(v) < p for v, p in zip(suggested.split(","), la.patch_size))
+
+
+def test_parent_watch_fires_when_the_watched_process_dies():
+    import subprocess
+    import sys
+    import threading
+
+    from ACTIONPlusPlusLib.worker import ParentWatch
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    gone = threading.Event()
+    watch = ParentWatch(child.pid, gone.set, interval=0.05)
+    assert not watch.direct and not watch.gone()
+    watch.start()
+    assert not gone.wait(0.3)
+    child.kill()
+    child.wait()
+    assert gone.wait(5)
+
+
+def test_worker_whose_parent_is_killed_stops_with_a_checkpoint(tmp_path, data):
+    """The worker's parent (Slicer) dies mid-training: the worker saves a checkpoint and stops (exit 4)
+    instead of training on unseen (was: ran on until its budget ended or its next write failed)."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    from ACTIONPlusPlusLib.jobs import TrainingJob, write_job
+
+    overrides = dict(base_channels=4, patch_size=[32, 32], local_window=16, local_stride=8, local_pool=4,
+                     anco_queries=8, anco_negatives=16, saacl_anchors_per_class=8, saacl_queue_size=128,
+                     pretrain_warmup_iterations=2, pretrain_joint_iterations=2, finetune_iterations=100000,
+                     log_every=1, checkpoint_every=100000, num_threads=1)
+    run = tmp_path / "run"
+    job = write_job(TrainingJob(mode="train", preset="acdc", output_dir=run, dataset_dir=data, overrides=overrides,
+                                device="cpu", predict_unlabeled=False), tmp_path / "job.json")
+    events = tmp_path / "events.jsonl"
+    parent_code = (
+        "import os, subprocess, sys\n"
+        "env = {k: v for k, v in os.environ.items() if k != 'ACTIONPP_PARENT_PID'}\n"
+        f"p = subprocess.Popen([sys.executable, '-m', 'ACTIONPlusPlusLib', 'worker', {str(job)!r}],\n"
+        f"                     stdout=open({str(events)!r}, 'w'), stderr=subprocess.DEVNULL, env=env)\n"
+        "print(p.pid, flush=True)\n"
+        "p.wait()\n")
+    repo = Path(__file__).resolve().parents[1]
+    parent = subprocess.Popen([sys.executable, "-c", parent_code], stdout=subprocess.PIPE, text=True, cwd=repo,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+    worker_pid = int(parent.stdout.readline())
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            text = events.read_text() if events.exists() else ""
+            if '"event":"progress"' in text and '"stage":"finetune"' in text:
+                break
+            assert parent.poll() is None, text
+            time.sleep(0.2)
+        else:
+            pytest.fail("the worker never reached fine-tuning")
+        parent.kill()
+        parent.wait()
+        psutil.Process(worker_pid).wait(timeout=60)
+    finally:
+        if psutil.pid_exists(worker_pid):
+            psutil.Process(worker_pid).kill()
+    lines = [json.loads(line) for line in events.read_text().splitlines() if line.strip()]
+    last = lines[-1]
+    assert last["event"] == "cancelled" and last["resumable"] is True, last
+    assert "parent process gone" in last["message"]
+    assert (run / "checkpoint.pt").is_file()
+
+
+def test_predict_goes_on_past_a_damaged_input_and_ends_with_a_summary(tmp_path, images, capsys):
+    model = _model_file(tmp_path / "model.pt")
+    whole = (images / "c2.nii.gz").read_bytes()
+    (images / "c1b.nii.gz").write_bytes(whole[: len(whole) // 2])  # sorted between c1 and c2
+    out = tmp_path / "pred"
+    code = main(["predict", "--model", str(model), "--input", str(images), "--output", str(out), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert sorted(p.name for p in out.iterdir()) == ["c1_seg.nii.gz", "c2_seg.nii.gz"]
+    assert f"2 of 3 image(s) segmented into {out}; 1 not:" in err
+    assert f"  {images / 'c1b.nii.gz'}: " in err and "truncated" in err
+
+
+_PREDICT_AND_SIGNAL = """
+import os, signal, sys
+from ACTIONPlusPlusLib import cli, inference
+real = inference.predict_case
+calls = []
+def predict_then_signal(*args, **kwargs):
+    calls.append(1)
+    if len(calls) == 2:  # while the second image is segmented
+        os.kill(os.getpid(), getattr(signal, sys.argv[1]))
+    return real(*args, **kwargs)
+inference.predict_case = predict_then_signal
+sys.exit(cli.main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT"])
+def test_signal_during_predict_exits_130_and_says_what_was_written(tmp_path, images, signame):
+    import subprocess
+    import sys
+
+    model = _model_file(tmp_path / "model.pt")
+    out = tmp_path / "pred"
+    result = subprocess.run([sys.executable, "-c", _PREDICT_AND_SIGNAL, signame, "predict", "--model", str(model),
+                             "--input", str(images), "--output", str(out), "--device", "cpu"],
+                            capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 130, result.stderr[-2000:]
+    assert f"interrupted: 1 of 2 segmentation(s) were written to {out} (the last: c1_seg.nii.gz)" in result.stderr
+    assert "nothing was saved" not in result.stderr and "Traceback" not in result.stderr
+
+
+_TRAIN_AND_SIGNAL = """
+import os, signal, sys
+from ACTIONPlusPlusLib import cli, data
+def load_then_signal(*args, **kwargs):  # SIGTERM while the data loads, before training's own handler
+    os.kill(os.getpid(), signal.SIGTERM)
+    raise AssertionError("the signal did not interrupt")
+data.load_dataset = load_then_signal
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def test_sigterm_during_start_up_exits_130(tmp_path, data):
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    result = subprocess.run([sys.executable, "-c", _TRAIN_AND_SIGNAL, "train", "--preset", "acdc", "--data", str(data),
+                             "--out", str(out), *TINY], capture_output=True, text=True, timeout=120,
+                            cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 130, result.stderr[-2000:]
+    assert "interrupted before training started; nothing was saved" in result.stderr

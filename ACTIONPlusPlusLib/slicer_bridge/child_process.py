@@ -72,6 +72,9 @@ def child_environment(extra: dict[str, str] | None = None, force_cpu: bool = Fal
     env["PYTHONUNBUFFERED"] = "1"
     env["PYTHONIOENCODING"] = "utf-8"
     env.setdefault("PYTORCH_ENABLE_MPS_FALLBACK", "1")
+    # the worker stops (checkpoint first) when this process dies: Slicer, not the PythonSlicer launcher
+    # between them, which outlives a crashed Slicer (worker.ParentWatch)
+    env["ACTIONPP_PARENT_PID"] = str(os.getpid())
     parent = str(LIB_DIR.parent)  # so the child imports ACTIONPlusPlusLib from any interpreter
     paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     if parent not in paths:
