@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import tempfile
 import threading
 import time
@@ -45,15 +47,47 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        write(tmp)
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
+        try:
+            write(tmp)
+            with open(tmp, "rb+") as handle:
+                os.fsync(handle.fileno())
+        except (OSError, RuntimeError) as exc:  # RuntimeError: torch.save's stream writer
+            failure = write_failure(path, exc)
+            if failure is None:
+                raise
+            raise failure from exc
         os.chmod(tmp, default_file_mode())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+_FULL_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG}
+
+
+def write_failure(path: Path, exc: BaseException) -> OSError | None:
+    """A failed write as an OSError that names ``path`` (not the temporary file) and says when the disk
+    is full: torch.save reports a full disk as a RuntimeError ('PytorchStreamWriter failed writing
+    file data/3: file write failed').  None when ``exc`` is no write failure (a bug: re-raised as is)."""
+    path = Path(path)
+    code = getattr(exc, "errno", None)
+    text = str(exc)
+    if isinstance(exc, RuntimeError) and not any(w in text for w in ("write", "PytorchStreamWriter", "inline_container")):
+        return None
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        free = None
+    where = f" ({free / 2**20:.0f} MiB free on the disk holding it)" if free is not None else ""
+    kept = f"; the previous {path.name} is unchanged" if path.exists() else ""
+    if code in _FULL_ERRNOS or (free is not None and free < 64 * 2**20):
+        return OSError(errno.ENOSPC, f"No space left on the disk: {path.name} could not be written{where}{kept}; "
+                       "free some space and run again", str(path))
+    if isinstance(exc, OSError):
+        return OSError(code or errno.EIO, f"{exc.strerror or text}: {path.name} could not be written{kept}", str(path))
+    return OSError(errno.EIO, f"{path.name} could not be written ({text.strip().splitlines()[-1][:200]}){kept}", str(path))
 
 
 def atomic_write_text(path: Path, text: str) -> Path:

@@ -429,3 +429,39 @@ def test_sigterm_during_start_up_exits_130(tmp_path, data):
                             cwd=Path(__file__).resolve().parents[1])
     assert result.returncode == 130, result.stderr[-2000:]
     assert "interrupted before training started; nothing was saved" in result.stderr
+
+
+def test_full_disk_during_a_checkpoint_write_is_named_and_keeps_the_old_one(tmp_path, monkeypatch):
+    import errno
+    import shutil
+
+    from ACTIONPlusPlusLib import io_utils
+    from ACTIONPlusPlusLib.training.checkpoint import load_checkpoint, save_checkpoint
+
+    cfg = preset("acdc", **TINY_CFG)
+    net = build_network(cfg)
+    state = {"config": cfg.to_dict(), "student": net.state_dict(), "teacher": net.state_dict(), "iteration": 1}
+    path = save_checkpoint(tmp_path / "checkpoint.pt", state)
+    before = path.read_bytes()
+    real_save = torch.save
+
+    def full_disk_save(obj, target):  # what torch.save raises when the disk fills up mid-write
+        real_save(obj, target)
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing file "
+                           "data/7: file write failed")
+
+    monkeypatch.setattr(torch, "save", full_disk_save)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9 - 4096, 4096))
+    with pytest.raises(OSError) as info:
+        save_checkpoint(path, {**state, "iteration": 2})
+    assert info.value.errno == errno.ENOSPC and info.value.filename == str(path)
+    assert "No space left" in info.value.strerror and "previous checkpoint.pt is unchanged" in info.value.strerror
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+    monkeypatch.undo()
+    assert load_checkpoint(path)["iteration"] == 1
+
+    def enospc(tmp):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp))
+    with pytest.raises(OSError, match="config.json could not be written") as info:
+        io_utils.atomic_write(tmp_path / "config.json", enospc)
+    assert info.value.filename == str(tmp_path / "config.json")  # the file, not the temporary name
