@@ -156,10 +156,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .memory_check import check_training_memory
 
     check_training_memory(cfg, dist_utils.local_device(cfg.device))  # a patch/batch that cannot fit: exit 2 now
-    if args.init_model is not None:  # a damaged or NaN model is refused before the run folder is touched
-        from .model_io import read_model_config
+    if args.init_model is not None:  # damaged, NaN, another preset or network: refused before the run folder is touched
+        from .model_io import check_init_model
 
-        read_model_config(args.init_model)
+        check_init_model(args.init_model, cfg)
     # under torchrun (RANK/WORLD_SIZE set): one process per GPU, DistributedDataParallel (docs/DISTRIBUTED.md)
     distributed = dist_utils.init_from_env(cfg.device)
     finished = False
@@ -315,6 +315,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
             case = read_case(path)
             _check_fits_model(case, cfg, args.model)
         except ActionError as exc:  # this input only (damaged, NaN, a slice for a 3D model): go on with the rest
+            if len(plan) == 1:
+                raise
             failed.append((path, str(exc)))
             print(f"error: {exc}", file=sys.stderr)
             continue
@@ -324,10 +326,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
             write_image(conf, confidence_map(result.probabilities), case, note=PREDICTION_NOTE)
         written.append(target)
         print(target)
-    if failed:
-        lines = [f"{len(written)} of {len(plan)} image(s) segmented into {out}; {len(failed)} not:"]
-        lines += [f"  {path}: {reason}" for path, reason in failed]
-        print("\n".join(lines), file=sys.stderr)
+    if failed:  # one line per failed input above (each names its file), then the summary
+        print(f"{len(written)} of {len(plan)} image(s) segmented into {out}; not segmented: "
+              f"{', '.join(path.name for path, _ in failed)} (errors above)", file=sys.stderr)
         return EXIT_USER_ERROR
     return EXIT_OK
 
@@ -455,6 +456,8 @@ def _interrupted_message(args: argparse.Namespace) -> str:
     out = getattr(args, "out", None)
     if getattr(args, "command", None) == "train" and out is not None and (Path(out) / "checkpoint.pt").is_file():
         return f"interrupted; continue the run in {out} with --resume"
+    if getattr(args, "command", None) in ("predict", "evaluate"):
+        return "interrupted before anything was written"
     return "interrupted before training started; nothing was saved"
 
 

@@ -237,3 +237,19 @@ def load_model(
     model.to(resolve_device(device))
     model.eval()
     return model, cfg
+
+
+def check_init_model(path: str | Path, cfg: Config) -> None:
+    """Everything ``train(init_model=path)`` will require of a warm-start model, checked before the run
+    folder is touched (so ``--overwrite`` never moves a run aside for a model that is then refused):
+    intact (checksum, finite weights), made for ``cfg``'s preset and classes, and its weights fit the
+    network ``cfg`` builds (e.g. the same ``base_channels``)."""
+    from .models import build_network
+
+    path = Path(path)
+    model, _ = load_model(path, device="cpu", expect_preset=cfg.preset, expect_classes=cfg.num_classes)
+    try:
+        build_network(cfg).load_state_dict(model.state_dict())
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelFileError(f"cannot warm-start from {path}: its network does not match this config ({first})") from exc

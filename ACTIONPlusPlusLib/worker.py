@@ -356,10 +356,10 @@ def run(job_path: Path, emit: Callable[[dict[str, Any]], None], should_stop: Sto
     if job.mode in ("train", "continue"):
         from ACTIONPlusPlusLib.data.layout import load_dataset
 
-        if job.mode == "continue" and model_path is not None:  # damaged / NaN: refused before any folder is touched
-            from ACTIONPlusPlusLib.model_io import read_model_config
+        if job.mode == "continue" and model_path is not None:  # refused before any folder is touched
+            from ACTIONPlusPlusLib.model_io import check_init_model
 
-            read_model_config(model_path)
+            check_init_model(model_path, cfg)
         from ACTIONPlusPlusLib.training import train
 
         dataset = load_dataset(job.dataset_dir, cfg, labeled=None, splits=("train",), layout="generic")

@@ -374,8 +374,9 @@ def test_predict_goes_on_past_a_damaged_input_and_ends_with_a_summary(tmp_path, 
     err = capsys.readouterr().err
     assert code == 2, err
     assert sorted(p.name for p in out.iterdir()) == ["c1_seg.nii.gz", "c2_seg.nii.gz"]
-    assert f"2 of 3 image(s) segmented into {out}; 1 not:" in err
-    assert f"  {images / 'c1b.nii.gz'}: " in err and "truncated" in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 2 and lines[0].startswith(f"error: {images / 'c1b.nii.gz'}: is truncated"), err
+    assert lines[1] == f"2 of 3 image(s) segmented into {out}; not segmented: c1b.nii.gz (errors above)"
 
 
 _PREDICT_AND_SIGNAL = """
@@ -465,3 +466,16 @@ def test_full_disk_during_a_checkpoint_write_is_named_and_keeps_the_old_one(tmp_
     with pytest.raises(OSError, match="config.json could not be written") as info:
         io_utils.atomic_write(tmp_path / "config.json", enospc)
     assert info.value.filename == str(tmp_path / "config.json")  # the file, not the temporary name
+
+
+def test_init_model_for_another_network_is_refused_before_overwrite_moves_the_run(tmp_path, data, capsys):
+    cfg = preset("acdc", base_channels=8, patch_size=[32, 32])  # the run below builds base_channels=4
+    init = save_model(tmp_path / "init8.pt", build_network(cfg), cfg)
+    out = tmp_path / "run"
+    before = _old_run(out)
+    code = main(["train", "--preset", "acdc", "--data", str(data), "--out", str(out), "--labeled", "2",
+                 "--init-model", str(init), "--overwrite", *TINY])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "cannot warm-start from" in err and str(init) in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
