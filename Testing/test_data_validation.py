@@ -101,11 +101,22 @@ def test_same_image_labeled_and_unlabeled(sets) -> None:
 
 
 def test_constant_images_are_not_duplicates(sets) -> None:
+    """Two blank images (no content) in both sets pass without a warning, while the same pair with
+    content is refused: it is the image's constancy that exempts it, not a duplicate check switched off."""
     labeled, unlabeled = sets
     blank = np.zeros((2, 32, 32), dtype=np.float32)
-    labeled.append(Case(id="blank_l", image=blank.copy(), label=np.zeros((2, 32, 32), np.uint8)))
+    label = np.zeros((2, 32, 32), np.uint8)
+    label[:, 10:20, 5:9] = 3
+    labeled.append(Case(id="blank_l", image=blank.copy(), label=label))
     unlabeled.append(Case(id="blank_u", image=blank.copy()))
-    validate_training_cases(labeled, unlabeled, ACDC)
+    warnings = validate_training_cases(labeled, unlabeled, ACDC)
+    assert not any("blank" in w for w in warnings), warnings
+    textured = blank.copy()
+    textured[:, 10:20, 5:9] = 0.5
+    labeled[-1].image = textured.copy()
+    unlabeled[-1].image = textured.copy()
+    with pytest.raises(DataError, match="blank_u.*blank_l"):
+        validate_training_cases(labeled, unlabeled, ACDC)
 
 
 def test_tiny_images_and_patch_warning(sets) -> None:

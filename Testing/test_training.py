@@ -52,6 +52,15 @@ def _events(collected):
 
 
 def test_acdc_both_stages_learn_to_segment_every_class(cardiac, tmp_path):
+    """Both stages end to end on the cardiac phantoms: the logs, the schedules, a teacher whose
+    pseudo-labels of the unlabeled images hold every class and whose confidence mask selects, and a model
+    that segments every class.
+
+    What the Dice bar can and cannot show: with this budget supervised-only training reaches about the
+    same Dice (130 iterations, 1 thread: supervised-only 0.68, ACTION++ 0.69-0.70), so no bar here tells
+    the semi-supervised parts from the supervised term; the bar says the run learned (chance is about
+    0.05), the pseudo-label diagnostics say the teacher's part ran and learned, and
+    test_method_wiring.py checks each semi-supervised part where the step uses it."""
     # lr 0.05 instead of the paper's 0.01: at 0.01 a 130-iteration run barely leaves chance level
     cfg = tiny_acdc(pretrain_warmup_iterations=4, pretrain_joint_iterations=6, finetune_iterations=120, lr=0.05,
                     log_every=10)
@@ -67,6 +76,13 @@ def test_acdc_both_stages_learn_to_segment_every_class(cardiac, tmp_path):
         assert set(e) >= {"stage", "iteration", "total", "loss", "lr", "temperature", "seconds_per_iteration", "eta_seconds"}
     finetune = [e for e in progress if e["stage"] == "finetune"]
     assert set(finetune[0]["losses"]) >= {"sup", "unsup", "anco", "saacl", "total"}
+    for e in finetune:  # every term is computed (none is a constant 0)
+        assert all(e["losses"][k] > 0 for k in ("sup", "unsup", "anco", "saacl")), e["losses"]
+    # the teacher: its pseudo-labels of the unlabeled images hold every class by the end (measured shares
+    # 0.02-0.04 each), its confidence mask passes some pixels and not all (measured 0.55-0.90)
+    last = finetune[-1]["pseudo_labels"]
+    assert all(last["pseudo_fraction"][name] > 0.005 for name in ("RV", "Myo", "LV")), last
+    assert all(0.0 < e["pseudo_labels"]["mask_fraction"] < 1.0 for e in finetune)
     # the supervised loss goes down over fine-tuning
     assert finetune[-1]["losses"]["sup"] < finetune[0]["losses"]["sup"]
     # ATS (Eq. 6): each logged temperature is the schedule's value at that iteration of the stage
@@ -81,23 +97,34 @@ def test_acdc_both_stages_learn_to_segment_every_class(cardiac, tmp_path):
     chance = summarize([case_metrics(rng.integers(0, 4, c.label.shape), c.label, 4, class_names=cfg.class_names)
                         for c in cardiac.test], cfg.class_names)["mean"]["dice"]
     dice = {name: values["dice"] for name, values in evaluation.summary["per_class"].items()}
-    # measured: mean 0.61-0.64 (RV 0.75, Myo 0.32-0.35, LV 0.76-0.80) with 1 or 2 threads
-    assert evaluation.summary["mean"]["dice"] > max(0.45, 5 * chance), (dice, chance)
-    assert all(dice[name] > 0.15 for name in ("RV", "Myo", "LV")), dice
+    # measured: mean 0.69-0.70 (RV 0.72-0.73, Myo 0.56-0.59, LV 0.79) with 1 thread, the code of issue 37;
+    # earlier code measured 0.61-0.64 (Myo 0.32-0.35)
+    assert evaluation.summary["mean"]["dice"] > max(0.55, 10 * chance), (dice, chance)
+    assert all(dice[name] > 0.3 for name in ("RV", "Myo", "LV")), dice
 
 
-def test_la_both_stages_run_and_write_checkpoints(atrium, tmp_path):
-    cfg = tiny_la()
+def test_la_both_stages_learn_the_atrium_with_augmentation(atrium, tmp_path):
+    """The 3D end to end run, geometric augmentation on (rot90 + flip of image and label together): both
+    stages, their checkpoints and files, and a model that has learned the atrium.  The bar is one that a
+    network trained on noise cannot reach: the same labels with Gaussian-noise images reached a Dice of
+    0.02-0.37 on these test volumes (it can only learn where the atrium tends to be), labelling everything
+    atrium scores about 0.13; this run measured 0.83-0.88 (seeds 1, 2, 1337, 1 thread)."""
+    cfg = tiny_la(finetune_iterations=16, lr=0.05, geometric_augmentation=True, log_every=4)
     events = []
     result = train(cfg, atrium.labeled, atrium.unlabeled, tmp_path, callback=_events(events))
     assert (tmp_path / "checkpoint_pretrain.pt").is_file()
     state = load_checkpoint(tmp_path / "checkpoint.pt")
     assert state["phase"] == "done" and state["config"]["preset"] == "la"
+    assert state["config"]["geometric_augmentation"] is True
     assert {"student", "teacher", "isd", "ft", "host_gen", "dev_gen", "torch_rng"} <= set(state)
     assert any(k.startswith("saacl.") for k in state["ft"])  # queue, centroids, allocation
-    model, _ = load_model(result.model_path)
+    model, model_cfg = load_model(result.model_path)
     assert model.__class__.__name__ == "VNet3D"
     assert [e["phase"] for e in events if e["event"] == "stage"] == ["warmup", "joint", "finetune"]
+    evaluation = evaluate_cases(model, model_cfg, atrium.test)
+    everything = [2 * c.label.mean() / (1 + c.label.mean()) for c in atrium.test]  # Dice of "all atrium"
+    dice = evaluation.summary["mean"]["dice"]
+    assert dice > max(0.7, 4 * max(everything)), (dice, everything)
 
 
 class _StopAt:
@@ -217,3 +244,81 @@ def test_warm_start_from_a_previous_model(cardiac, tmp_path):
     a = torch.load(first.model_path, weights_only=True)["state_dict"]
     b = torch.load(second.model_path, weights_only=True)["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _coded_cases(prefix: str, count: int, shape: tuple[int, int, int], classes: int, block: int, seed: int,
+                 with_label: bool = True) -> list:
+    """Cases whose label can be read off the image: random blocks of ``block`` pixels, class k drawn with
+    intensity k / (classes - 1), so any move of the image that the label does not follow shows."""
+    from ACTIONPlusPlusLib.data.types import Case
+
+    rng = np.random.default_rng(seed)
+    cases = []
+    for i in range(count):
+        coarse = rng.integers(0, classes, [max(1, s // block) for s in shape])
+        label = coarse
+        for axis, size in enumerate(shape):
+            label = label.repeat(size // coarse.shape[axis], axis=axis)
+        image = (label / (classes - 1)).astype(np.float32)
+        cases.append(Case(f"{prefix}{i}", image, label.astype(np.uint8) if with_label else None))
+    return cases
+
+
+def _record_labeled_batches(trainer) -> list:
+    drawn = []
+    real = trainer.batches.labeled
+
+    def labeled(count, host_gen, dev_gen, augment_geometry=True):
+        x, y = real(count, host_gen, dev_gen, augment_geometry)
+        drawn.append((augment_geometry, x.detach().clone(), y.clone()))
+        return x, y
+
+    trainer.batches.labeled = labeled
+    return drawn
+
+
+@pytest.mark.parametrize("name", ["acdc", "la"])
+def test_training_batches_keep_image_and_label_together_with_augmentation(tmp_path, name):
+    """Geometric augmentation on (both presets' default): the labeled batches the pre-training and the
+    fine-tuning steps train on are moved (not the stored images) and their labels still sit on their
+    pixels: exactly for 3D (rot90 + flip), up to the interpolation at block edges for 2D (rotations,
+    bilinear image and nearest label; measured 0.96-0.97 agreement, a label left in place 0.57)."""
+    from ACTIONPlusPlusLib.training.loop import Trainer
+
+    if name == "acdc":
+        cfg = tiny_acdc(base_channels=4, geometric_augmentation=True)
+        shape, classes, block = (2, 32, 32), 4, 8
+    else:
+        cfg = tiny_la(geometric_augmentation=True, pretrain_labeled_batch=2, pretrain_unlabeled_batch=2,
+                      finetune_labeled_batch=2, finetune_unlabeled_batch=2)
+        shape, classes, block = (16, 32, 32), 2, 4
+    labeled = _coded_cases("l", 2, shape, classes, block, seed=1)
+    unlabeled = _coded_cases("u", 2, shape, classes, block, seed=2, with_label=False)
+    trainer = Trainer(cfg, labeled, unlabeled, tmp_path)
+    trainer.prepare()
+    drawn = _record_labeled_batches(trainer)
+    for index in (1, 2):  # the joint phase and fine-tuning draw labeled batches
+        trainer.phase_index, trainer.iteration = index, 0
+        trainer._begin_phase(trainer.phases[index])
+        trainer.step_once(trainer.phases[index])
+    assert len(drawn) == 2 and all(augmented for augmented, _, _ in drawn)
+    def stored(image) -> bool:  # an image as stored (2D) or a plain crop of a stored volume (3D)
+        if cfg.dim == 2:
+            return any(torch.equal(image, s) for s in trainer.batches.lab_img)
+        patch = image.shape[1:]
+        for volume in trainer.batches.lab_vols:
+            blocks = volume.unfold(0, patch[0], 1).unfold(1, patch[1], 1).unfold(2, patch[2], 1)
+            if (blocks == image[0]).flatten(3).all(dim=3).any():
+                return True
+        return False
+
+    moved = 0
+    for _, x, y in drawn:
+        coded = torch.round(x[:, 0] * (classes - 1)).long()
+        if cfg.dim == 3:
+            assert torch.equal(coded, y)
+        else:
+            agreement = (coded == y).float().mean().item()
+            assert agreement > 0.85, agreement
+        moved += sum(not stored(image) for image in x)
+    assert moved > 0  # the augmentation is not the identity
