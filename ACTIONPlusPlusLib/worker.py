@@ -232,8 +232,9 @@ def _message_for(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     name = type(exc).__name__
     if "OutOfMemory" in name or "out of memory" in text.lower():
-        return (f"out of memory: {text.splitlines()[0]}. Use a smaller patch_size or batch, fewer "
-                "volumes, or the CPU")
+        return (f"out of memory: {text.splitlines()[0]}. Use a smaller patch or batch (the config keys "
+                "patch_size and pretrain_/finetune_labeled_batch, _unlabeled_batch: --set KEY=VALUE in the batch "
+                "script, --patch-size / --batch-size on the command line), fewer volumes, or the CPU")
     if _exit_code_for(exc) == EXIT_UNEXPECTED:
         return f"{name}: {text}"
     return text

@@ -479,3 +479,11 @@ def test_init_model_for_another_network_is_refused_before_overwrite_moves_the_ru
     assert code == 2, err
     assert "cannot warm-start from" in err and str(init) in err
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_worker_out_of_memory_advice_names_the_settings_to_change():
+    from ACTIONPlusPlusLib.worker import _message_for
+
+    text = _message_for(RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    assert text.startswith("out of memory: CUDA out of memory.")
+    assert "patch_size" in text and "finetune_labeled_batch" in text and "--set KEY=VALUE" in text
