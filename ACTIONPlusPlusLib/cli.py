@@ -463,7 +463,9 @@ def _interrupted_message(args: argparse.Namespace) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run a command.  Exit codes: 0 done, 1 unexpected error (traceback in a log file), 2 user error
-    (one line naming the problem and the path), 3 training error (NaN loss), 130 interrupted."""
+    (one line naming the problem and the path; predict: some inputs could not be segmented, a summary
+    line follows their errors), 3 training error (NaN loss), 130 interrupted (Ctrl-C or SIGTERM, from
+    the start of the command)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "worker":
         return cmd_worker(argv[1:])

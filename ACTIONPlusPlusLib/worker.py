@@ -23,8 +23,9 @@ Exit codes (every ``exit_code`` an event or the process can carry):
 - 2 bad input: job, data, device, model file, output folder, or a run folder that holds another run /
   is locked by another training;
 - 3 training error (NaN loss);
-- 4 cancelled by SIGTERM/SIGINT or the stop file (``<job>.stop``) after saving a checkpoint: a job
-  with ``"resume": true`` continues from it.  A stop file older than the worker process is left over
+- 4 cancelled by SIGTERM/SIGINT, the stop file (``<job>.stop``), the death of the process that
+  started it (``ACTIONPP_PARENT_PID``, else the parent: :class:`ParentWatch`) or a closed event
+  stream, after saving a checkpoint: a job with ``"resume": true`` continues from it.  A stop file older than the worker process is left over
   from an earlier run: it is removed at start and does not cancel this one.
 """
 
