@@ -1,6 +1,6 @@
 """``actionpp`` command line: train, predict, evaluate, demo, worker (= ``python -m ACTIONPlusPlusLib``).
 
-Slightly over 400 lines on purpose: the parser, the five subcommands and the exit-code mapping are
+About 500 lines on purpose: the parser, the five subcommands and the exit-code mapping are
 read together (one subcommand's options and its handler side by side); the work itself lives in the
 trainer's modules.
 """
