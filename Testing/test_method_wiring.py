@@ -90,7 +90,8 @@ def test_teacher_is_the_ema_of_the_student_trajectory(cardiac, tmp_path) -> None
     teacher is decay_t * teacher + (1 - decay_t) * student, recomputed here from the students' trajectory.
     Built on ``step_once`` (one joint step moves the student off the teacher first).  Kills: the teacher's
     EMA removed, the reset at the start of fine-tuning removed."""
-    trainer, joint = _trainer_in(cardiac, tmp_path, "joint", finetune_iterations=5)
+    trainer, joint = _trainer_in(cardiac, tmp_path, "joint", finetune_iterations=5, finetune_labeled_batch=2,
+                                 finetune_unlabeled_batch=2)
     trainer.step_once(joint)
     assert not all(torch.equal(t, s) for t, s in zip(trainer.teacher.parameters(), trainer.student.parameters()))
     trainer.phase_index, trainer.iteration = 2, 0
@@ -407,7 +408,8 @@ def test_learning_rate_follows_the_poly_decay_of_each_phase(cardiac, tmp_path, m
     lr (1 - t/T)^0.9, a fresh schedule per phase.  Kills: the poly decay never applied (``set_lr``
     removed in training/loop.py, mutant 5)."""
     cfg = preset("acdc", **{**SMALL, "pretrain_warmup_iterations": 3, "pretrain_joint_iterations": 2,
-                            "finetune_iterations": 4, "lr": 0.02, "poly_power": 0.9})
+                            "finetune_iterations": 4, "lr": 0.02, "poly_power": 0.9, "pretrain_labeled_batch": 2,
+                            "pretrain_unlabeled_batch": 2, "finetune_labeled_batch": 2, "finetune_unlabeled_batch": 2})
     trainer = Trainer(cfg, cardiac.labeled, cardiac.unlabeled, tmp_path)
     seen: list[tuple[str, int, list[float]]] = []
     original_step = torch.optim.SGD.step
