@@ -536,8 +536,8 @@ class ACTIONPlusPlusLogic(ScriptedLoadableModuleLogic):
 
     def startDeviceProbe(self) -> bool:
         """Ask a short-lived child process what torch sees (torch is never imported into Slicer).
-        False when torch is not installed (nothing to ask)."""
-        torchMissing, _extras = dependencies.missing(self._pyTorchUtilsLogic())
+        False when torch is not installed (nothing to ask; decided without importing torch)."""
+        torchMissing, _extras = dependencies.missing()
         if torchMissing:
             self.deviceInfo = None
             return False

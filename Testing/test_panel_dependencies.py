@@ -17,8 +17,8 @@ class FakeTorchLogic:
     def __init__(self, installed: bool = False, install_works: bool = True):
         self.installed, self.install_works, self.calls = installed, install_works, []
 
-    def torchInstalled(self) -> bool:
-        return self.installed
+    def torchInstalled(self) -> bool:  # the real one imports torch: never called by the panel
+        raise AssertionError("torchInstalled() imports torch into Slicer's process")
 
     def installTorch(self, askConfirmation=True, torchVersionRequirement=None):
         self.calls.append((askConfirmation, torchVersionRequirement))
@@ -48,7 +48,7 @@ def state(monkeypatch):
 
 def _host(state, torch_logic, **changes):
     options = dict(torch_logic=torch_logic, pip_install=state["pip_install"], confirm=lambda text: True,
-                   interactive=True, busy=state["busy_cm"])
+                   interactive=True, busy=state["busy_cm"], torch_found=lambda: torch_logic.installed)
     options.update(changes)
     return dependencies.InstallHost(**options)
 
@@ -147,3 +147,12 @@ def test_active_run_folder_and_device():
     assert str(run.run_folder) == "/runs/run-1" and run.trained_device() == "cpu" and run.events == []
     run.tracker.handle({"event": "start", "device": "cuda:0"})
     assert run.trained_device() == "cuda"
+
+
+def test_the_default_torch_check_never_imports_torch(monkeypatch):
+    """Without a ``torch_found`` the check is the import spec (issue 34, item 1), never an import."""
+    looked = []
+    monkeypatch.setattr(install_plan, "torch_available", lambda *a: looked.append(True) or True)
+    monkeypatch.setattr(install_plan, "missing_requirements", lambda *a, **k: [])
+    assert dependencies.missing() == (False, []) and looked == [True]
+    assert dependencies.InstallHost().torch_found() is True

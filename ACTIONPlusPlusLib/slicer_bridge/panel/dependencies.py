@@ -9,6 +9,7 @@ flow is tested without Slicer.  What to install and the texts are :mod:`.install
 from __future__ import annotations
 
 import contextlib
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ContextManager
@@ -21,6 +22,9 @@ class InstallHost:
     """What the installation needs from Slicer (the module builds it; tests pass fakes)."""
 
     torch_logic: Any = None  # PyTorchUtils.PyTorchUtilsLogic(), or None without the PyTorch extension
+    # whether torch is installed, decided WITHOUT importing it (never torch_logic.torchInstalled(): that
+    # runs ``import torch`` in Slicer's process, seconds of frozen GUI and torch's DLLs locked on Windows)
+    torch_found: Callable[[], bool] = field(default=lambda: torch_installed())
     pip_ensure: Callable[..., Any] | None = None  # slicer.packaging.pip_ensure (Slicer >= 5.12)
     pip_install: Callable[[str], Any] | None = None  # slicer.util.pip_install
     confirm: Callable[[str], bool] = lambda text: False  # one OK / Cancel dialog
@@ -29,9 +33,20 @@ class InstallHost:
     process_events: Callable[[], Any] = lambda: None
 
 
-def missing(torch_logic: Any = None) -> tuple[bool, list[str]]:
-    """(torch missing, other missing requirements), checked without importing anything."""
-    torch_missing = not (torch_logic.torchInstalled() if torch_logic is not None else install_plan.torch_available())
+def torch_installed() -> bool:
+    """Whether torch is installed, without importing it: its import spec, looked up afresh (the finders'
+    caches are cleared first, so a torch installed a moment ago by the PyTorch extension counts)."""
+    importlib.invalidate_caches()
+    return install_plan.torch_available()
+
+
+def missing(torch_found: Callable[[], bool] | None = None) -> tuple[bool, list[str]]:
+    """(torch missing, other missing requirements), checked without importing anything.
+
+    ``torch_found`` defaults to :func:`torch_installed`.  The PyTorch extension's ``torchInstalled()`` is
+    deliberately not used: it imports torch into Slicer's process (this runs when the panel opens).
+    """
+    torch_missing = not (torch_found or torch_installed)()
     return torch_missing, install_plan.missing_requirements()
 
 
@@ -42,7 +57,7 @@ def ensure(host: InstallHost, log: Callable[[str], Any]) -> bool:
     replaced: other extensions may rely on it), a headless run (never asks), a declined confirmation,
     a failed step (with its manual command), or packages still missing afterwards.
     """
-    torch_missing, extras = missing(host.torch_logic)
+    torch_missing, extras = missing(host.torch_found)
     problem = None if torch_missing else install_plan.torch_version_problem()
     if problem:
         raise RuntimeError(problem)
@@ -57,7 +72,7 @@ def ensure(host: InstallHost, log: Callable[[str], Any]) -> bool:
                                        has_pip_ensure=host.pip_ensure is not None)
     for step in steps:
         _logged_step(host, step, log)
-    torch_missing, extras = missing(host.torch_logic)
+    torch_missing, extras = missing(host.torch_found)
     if torch_missing or extras:
         message = install_plan.headless_install_message(torch_missing, extras)
         log(message)

@@ -1,0 +1,110 @@
+"""Opening the panel never imports torch into Slicer's process (issue 34, item 1).
+
+The module file is loaded for real under plain Python, with stand-ins for what only the application
+has (qt, Slicer's scripted-module base classes, ``slicer.app``) and a PyTorch extension stand-in whose
+``torchInstalled()`` imports torch, as the real one does.  The panel's opening path (``setup`` schedules
+``refreshDeviceInfo`` -> ``logic.startDeviceProbe`` -> the dependency check) then runs in a fresh
+interpreter, and ``torch`` must not be in ``sys.modules`` afterwards.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+MODULE_FILE = REPO / "ACTIONPlusPlus" / "ACTIONPlusPlus.py"
+
+pytest.importorskip("slicer", reason="slicer-core is not installed (pip install slicer-core==5.11.0.6)")
+if importlib.util.find_spec("torch") is None:  # pragma: no cover - the check needs an importable torch
+    pytest.skip("torch is not installed: nothing could import it", allow_module_level=True)
+
+SCRIPT = textwrap.dedent(r'''
+    import importlib.util, json, sys, types
+    from unittest import mock
+
+    class Stub(types.ModuleType):
+        """A module whose every missing attribute is a MagicMock (qt, the scripted-module bases)."""
+        def __getattr__(self, name):
+            if name.startswith("__"):
+                raise AttributeError(name)
+            value = mock.MagicMock(name=f"{self.__name__}.{name}")
+            setattr(self, name, value)
+            return value
+
+    class Base:
+        def __init__(self, *args, **kwargs):
+            pass
+
+    import slicer, slicer.util
+    qt = Stub("qt")
+    sys.modules["qt"] = qt
+    slicer.app = mock.MagicMock(name="slicer.app")
+    slm = Stub("slicer.ScriptedLoadableModule")
+    slm.ScriptedLoadableModule = type("ScriptedLoadableModule", (Base,), {})
+    slm.ScriptedLoadableModuleLogic = type("ScriptedLoadableModuleLogic", (Base,), {})
+    slm.ScriptedLoadableModuleWidget = type("ScriptedLoadableModuleWidget", (Base,), {})
+    slicer.util.VTKObservationMixin = type("VTKObservationMixin", (Base,), {})
+    i18n = Stub("slicer.i18n")
+    i18n.tr = lambda text: text
+    i18n.translate = lambda context, text: text
+    pnw = Stub("slicer.parameterNodeWrapper")
+    pnw.parameterNodeWrapper = lambda cls: cls
+    for name, module in (("ScriptedLoadableModule", slm), ("i18n", i18n), ("parameterNodeWrapper", pnw)):
+        sys.modules["slicer." + name] = module
+        setattr(slicer, name, module)
+
+    imported = []
+
+    class PyTorchUtilsLogic:  # the PyTorch extension's logic: torchInstalled() imports torch
+        def torchInstalled(self):
+            imported.append("torchInstalled")
+            import torch  # noqa: F401
+            return True
+
+    sys.modules["PyTorchUtils"] = types.SimpleNamespace(PyTorchUtilsLogic=PyTorchUtilsLogic)
+
+    spec = importlib.util.spec_from_file_location("ACTIONPlusPlus", sys.argv[1])
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    from ACTIONPlusPlusLib.slicer_bridge import device_probe
+    started = []
+    device_probe.DeviceProbe.start = lambda self: started.append(True) or self  # no child process here
+
+    widget = module.ACTIONPlusPlusWidget()
+    widget.ui = mock.MagicMock(name="ui")
+    widget.logic = module.ACTIONPlusPlusLogic()
+    widget._probeTimer = mock.MagicMock(name="probeTimer")
+    widget.refreshDeviceInfo()  # what setup() schedules once the panel is shown
+    print(json.dumps({"torch": "torch" in sys.modules, "torchInstalled": imported, "probe": started}))
+''')
+
+
+def test_opening_the_panel_does_not_import_torch(tmp_path):
+    script = tmp_path / "open_panel.py"
+    script.write_text(SCRIPT)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "ACTIONPlusPlus")]), OMP_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, str(script), str(MODULE_FILE)], capture_output=True, text=True, env=env,
+                          timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["torchInstalled"] == [], "the PyTorch extension's torchInstalled() imports torch"
+    assert result["torch"] is False, "torch was imported into Slicer's process when the panel opened"
+    assert result["probe"] == [True], "the device probe (a child process) was not started"
+
+
+def test_setup_schedules_the_device_probe():
+    """The path checked above is the one ``setup`` takes: it schedules refreshDeviceInfo."""
+    tree = ast.parse(MODULE_FILE.read_text())
+    widget = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "ACTIONPlusPlusWidget")
+    setup = next(f for f in widget.body if isinstance(f, ast.FunctionDef) and f.name == "setup")
+    assert "self.refreshDeviceInfo" in ast.unparse(setup)
+    assert "torchInstalled" not in MODULE_FILE.read_text()
