@@ -3,7 +3,7 @@
 ``budget_iterations = N`` splits N into the three phases by the config's fractions (the paper's
 proportions by default: ACDC 5K + 5K + 20K of 30K, LA 2.5K + 2.5K + 15K of 20K).  Below the paper's
 total (``budget_pretrain_full``) the pre-training share shrinks in proportion: on real ACDC at 600
-iterations, fine-tuning alone beat the paper's proportions by 4 Dice points (README, design decisions).  Everything else that
+iterations, fine-tuning alone beat the paper's proportions by 4 Dice points (docs/DESIGN.md, *Budget and schedule*).  Everything else that
 has a length is defined per phase (poly LR decay, ATS cosine, the fine-tuning ramp-up), so a short run
 is the whole method compressed, not the first minutes of a long one.  With the fractions at their
 defaults, ``N = 30000`` (ACDC) or ``20000`` (LA) is exactly the paper's protocol, which the presets'

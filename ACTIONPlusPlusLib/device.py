@@ -212,7 +212,7 @@ def retain_freed_memory() -> bool:
     and returns it to the system when it is freed: a training step that builds and drops the same
     large maps every iteration (the dense representation: 67 MiB at ACDC 128x128, 151 MiB at LA
     48x48x32) then pays the kernel for zeroed pages again each step (LA fine-tuning step 1112 -> 815
-    ms, one thread; README *Speed*).  The heap settles after a few steps (``Testing/test_device.py``)
+    ms, one thread; docs/DESIGN.md, *Precision and CPU speed*).  The heap settles after a few steps (``Testing/test_device.py``)
     and the process's resident memory then stays at its peak, which a training process reaches every
     step anyway; called from the trainer only, never in Slicer's own process.  A no-op (False) off
     Linux or with a C library without ``mallopt`` (musl).

@@ -70,7 +70,7 @@ def test_classmix_keeps_half_of_the_present_classes():
 
 
 def test_classmix_with_one_foreground_class_pastes_along_the_pseudo_label():
-    """Why LA mixes with a box (README): with two classes ClassMix keeps exactly one of them, so the mask is
+    """Why LA mixes with a box (docs/DESIGN.md): with two classes ClassMix keeps exactly one of them, so the mask is
     the pseudo-label or its complement and every edge of the pasted region is a pseudo-label boundary;
     the box (cutmix) does not depend on the pseudo-labels at all."""
     gen = torch.Generator().manual_seed(0)

@@ -46,7 +46,7 @@ TINY = dict(
 # that comparing them voxel for voxel after the round trip through the scene can show a flip
 # the scene round trip is what these tests check, so the exported weights are the student's: at this tiny
 # size (4 base channels, 80 iterations at lr 0.05) the EMA teacher still lags (the product exports the
-# teacher, chosen on real data: README, design decisions)
+# teacher, chosen on real data: docs/DESIGN.md, *The saved model*)
 TRAINED = TINY | dict(finetune_iterations=80, lr=0.05, log_every=4, checkpoint_every=1000, export_weights="student")
 # a rotated, left-handed frame so that geometry mistakes show
 _C, _S = np.cos(0.4), np.sin(0.4)

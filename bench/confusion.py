@@ -4,11 +4,13 @@
     .venv/bin/python bench/confusion.py --shares --labeled 3     # class shares, labeled vs unlabeled
 
 For each model: the confusion matrix (rows: ground truth, columns: prediction, thousands of voxels)
-over the ACDC validation volumes (val.list), predicted as ``evaluate`` predicts them.  README uses it
-to show where RV went (*Pseudo-labels that cannot erase a class*: RV called LV under the exact
-distribution alignment).  ``--shares`` prints the ground-truth class shares of the labeled training
-slices and of the ones ACTION++ treats as unlabeled (their labels are on disk; training never reads
-them), i.e. how far the labeled sample's shares are from the rest.
+over the ACDC validation volumes (val.list), predicted as ``evaluate`` predicts them.  It showed
+where RV went under the exact distribution alignment (``alignment_tolerance=1``; seed 3, 128x128, 3
+patients): 23.3 thousand ground-truth RV voxels of the validation volumes labeled LV, against 4.9
+thousand for supervised-only and 8.0 thousand with the factor-2 band (``alignment_tolerance=2``).
+``--shares`` prints the ground-truth class shares of the labeled training slices and of the ones
+ACTION++ treats as unlabeled (their labels are on disk; training never reads them), i.e. how far the
+labeled sample's shares are from the rest.
 """
 
 from __future__ import annotations

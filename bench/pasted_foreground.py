@@ -7,7 +7,8 @@ The fine-tuning step pastes a box of each labeled image (and its ground truth) i
 geometric augmentation, same box) and prints, per foreground class: the pasted pixels of the class per
 step (mean, coefficient of variation, share of steps with none) and their ratio to the class's pixels
 in the labeled batch.  In 2D the box covers half the slice and usually the centred heart; in 3D it is
-a slab of a quarter of the depth (``cutmix_depth_fraction``).  README (``pasted_dice``) uses it.
+a slab of a quarter of the depth (``cutmix_depth_fraction``).  docs/DESIGN.md (``pasted_dice``) quotes
+its figures.
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ for inference.  A student's batches ran with dropout on and augmented (ACTION++'
 labeled box pasted into an unlabeled image, jitter, blur), so its running statistics describe images
 that inference never sees, and this holds for the supervised baseline too.  Their labels of clean scans
 suffer for it (ACDC quick budget, seed 1337: ACTION++'s student 47.15 with them, 52.48 with statistics
-re-estimated on clean training images; supervised-only 44.84 and 48.78; README, *The saved model*).
+re-estimated on clean training images; supervised-only 44.84 and 48.78; the decision: docs/DESIGN.md,
+*The saved model*).
 Re-estimating the statistics of the finished weights over un-augmented training images ("precise
 BatchNorm") costs a few forward passes and changes no weight.
 """
