@@ -8,7 +8,7 @@ import torch
 
 from ACTIONPlusPlusLib.config import preset
 from ACTIONPlusPlusLib.losses.unsupervised import balanced_mask, masked_pseudo_label_loss
-from ACTIONPlusPlusLib.training.finetune import FinetuneHeads
+from ACTIONPlusPlusLib.training.finetune import FinetuneHeads, labeled_dice
 
 
 def _heads(cfg) -> FinetuneHeads:
@@ -31,7 +31,7 @@ def _maps(minority_prob: float = 0.3):
 
 
 def test_alignment_brings_back_a_class_the_teacher_under_predicts() -> None:
-    cfg = preset("acdc", num_classes=3, class_names=["bg", "a", "b"])
+    cfg = preset("acdc", num_classes=3, class_names=["bg", "a", "b"], pseudo_threshold_mode="classwise")
     prob, y = _maps(minority_prob=0.04)  # confidently wrong: 0.95 background on the minority pixels
     off = cfg.replace(pseudo_distribution_alignment=False)
     pseudo, conf, thresholds = _heads(off).pseudo_labels(off, prob, y)
@@ -129,13 +129,13 @@ def test_reliability_is_the_teachers_foreground_dice_on_labeled_images() -> None
     heads = _heads(cfg)
     _, y = _maps()
     perfect = torch.nn.functional.one_hot(y, 3).permute(0, 3, 1, 2).float() * 10
-    assert heads.update_reliability(cfg, perfect, y).item() == pytest.approx(1.0)
+    assert heads.update_reliability(cfg, labeled_dice(perfect, y)).item() == pytest.approx(1.0)
     background_only = torch.zeros(2, 3, 10, 10)
     background_only[:, 0] = 10
-    assert heads.update_reliability(cfg, background_only, y).item() == 0.0
+    assert heads.update_reliability(cfg, labeled_dice(background_only, y)).item() == 0.0
     half = perfect.clone()
     half[:, :, 9, :2] = torch.tensor([10.0, 0, 0]).view(1, 3, 1)  # misses class 2 entirely
-    assert heads.update_reliability(cfg, half, y).item() == pytest.approx(0.5)
+    assert heads.update_reliability(cfg, labeled_dice(half, y)).item() == pytest.approx(0.5)
 
 
 def test_cli_shows_pseudo_label_shares_next_to_labeled_shares() -> None:

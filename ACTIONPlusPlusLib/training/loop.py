@@ -415,6 +415,34 @@ def _load_init_weights(trainer: Trainer, init_model: Path) -> None:
     trainer.teacher.load_state_dict(model.state_dict())
 
 
+def _cached_pretraining(cfg: Config, labeled: list[Case], unlabeled: list[Case], callback: Callback | None,
+                        should_stop: Callable[[], bool] | None, device: torch.device) -> dict[str, torch.Tensor] | None:
+    """The pre-trained student for these images and settings (training/pretrain_cache.py): read from the
+    cache, or pre-trained now in the entry's work folder (resuming a run cut off there) and stored.
+    None when ``should_stop`` stopped pre-training."""
+    from .pretrain_cache import CacheEntry, pretraining_config
+
+    def emit(event: dict[str, Any]) -> None:
+        if callback is not None and dist_utils.is_main_process():
+            callback(event)
+
+    entry = CacheEntry(cfg, labeled, unlabeled)
+    student, problem = entry.read()
+    if problem is not None:
+        emit({"event": "warning", "message": problem})
+    if student is not None:
+        emit({"event": "pretraining", "cached": True, "path": str(entry.path), "iterations": entry.iterations})
+        return student
+    resume = (entry.work / CHECKPOINT_NAME).is_file()
+    emit({"event": "pretraining", "cached": False, "path": str(entry.path), "iterations": entry.iterations,
+          "resumed": resume})
+    result = train(pretraining_config(cfg), labeled, unlabeled, entry.work, callback=callback, resume=resume,
+                   overwrite=not resume, should_stop=should_stop, device=device, export=False)
+    if result.stopped:
+        return None
+    return entry.store(entry.work / CHECKPOINT_NAME, len(labeled), len(unlabeled))
+
+
 def train(cfg: Config, labeled: list[Case], unlabeled: list[Case], out_dir: str | Path,
           callback: Callback | None = None, resume: bool | str | Path = False, init_model: str | Path | None = None,
           should_stop: Callable[[], bool] | None = None, device: torch.device | None = None,
@@ -471,9 +499,7 @@ def train(cfg: Config, labeled: list[Case], unlabeled: list[Case], out_dir: str 
         elif init_model is not None:
             _load_init_weights(trainer, Path(init_model))
         elif cfg.mode == "actionpp" and cfg.pretrain_cache_iterations > 0:
-            from .pretrain_cache import pretrained_student
-
-            pretrained = pretrained_student(cfg, labeled, unlabeled, callback, should_stop, device=trainer.device)
+            pretrained = _cached_pretraining(cfg, labeled, unlabeled, callback, should_stop, trainer.device)
             if pretrained is None:  # stopped while pre-training: its own checkpoint resumes next time
                 return TrainResult(None, checkpoint_path, out_dir / "config.json", True, 0, warnings)
             trainer.student.load_state_dict(pretrained)

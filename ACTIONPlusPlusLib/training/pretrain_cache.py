@@ -23,7 +23,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -32,7 +32,7 @@ from ..data.types import Case
 from ..errors import ModelFileError
 from .checkpoint import load_checkpoint, save_checkpoint
 
-__all__ = ["PRETRAIN_KEYS", "cache_folder", "cache_key", "images_fingerprint", "pretrained_student"]
+__all__ = ["PRETRAIN_KEYS", "CacheEntry", "cache_folder", "cache_key", "images_fingerprint", "pretraining_config"]
 
 # every Config field that changes what pre-training computes (models/, pretrain.py, batches.py, loop.py)
 PRETRAIN_KEYS = (
@@ -75,45 +75,37 @@ def cache_key(cfg, labeled: Sequence[Case], unlabeled: Sequence[Case]) -> str:
     return f"{cfg.preset}-{hashlib.blake2b(text.encode(), digest_size=12).hexdigest()}"
 
 
-def _pretraining_config(cfg):
+def pretraining_config(cfg):
+    """The config of the pre-training run behind a cache entry: the two pre-training phases only."""
     n = int(cfg.pretrain_cache_iterations)
     return cfg.replace(budget_iterations=0, pretrain_warmup_iterations=n // 2, pretrain_joint_iterations=n - n // 2,
                        finetune_iterations=0, pretrain_cache_iterations=0, checkpoint_every=min(cfg.checkpoint_every, 250))
 
 
-def pretrained_student(cfg, labeled: list[Case], unlabeled: list[Case], callback: Callable[[dict], None] | None = None,
-                       should_stop: Callable[[], bool] | None = None, device: torch.device | None = None
-                       ) -> dict[str, torch.Tensor] | None:
-    """The cached pre-trained student's state dict for these images and settings, pre-training first if
-    there is none yet.  Returns None when ``should_stop`` stopped pre-training (its checkpoint is kept)."""
-    from .loop import CHECKPOINT_NAME, train  # loop imports this module lazily: no cycle at import time
+class CacheEntry:
+    """One entry: ``<key>.pt`` (the stored student) and ``<key>.work/`` (its pre-training run while it runs)."""
 
-    def emit(event: dict[str, Any]) -> None:
-        if callback is not None:
-            callback(event)
+    def __init__(self, cfg, labeled: Sequence[Case], unlabeled: Sequence[Case]) -> None:
+        folder = cache_folder(cfg)
+        key = cache_key(cfg, labeled, unlabeled)
+        self.path = folder / f"{key}.pt"
+        self.work = folder / f"{key}.work"
+        self.iterations = int(cfg.pretrain_cache_iterations)
 
-    folder = cache_folder(cfg)
-    key = cache_key(cfg, labeled, unlabeled)
-    entry = folder / f"{key}.pt"
-    if entry.is_file():
+    def read(self) -> tuple[dict[str, torch.Tensor] | None, str | None]:
+        """``(student state dict, None)``, or ``(None, why not)`` when there is none or it is unusable."""
+        if not self.path.is_file():
+            return None, None
         try:
-            state = load_checkpoint(entry)
-        except ModelFileError as exc:  # damaged: say so, pre-train again (the entry is replaced atomically)
-            emit({"event": "warning", "message": f"the cached pre-training {entry} is unusable ({exc}); pre-training again"})
-        else:
-            emit({"event": "pretraining", "cached": True, "path": str(entry), "iterations": state.get("iterations")})
-            return state["student"]
-    work = folder / f"{key}.work"
-    resume = (work / CHECKPOINT_NAME).is_file()
-    emit({"event": "pretraining", "cached": False, "path": str(entry), "iterations": int(cfg.pretrain_cache_iterations),
-          "resumed": resume})
-    result = train(_pretraining_config(cfg), labeled, unlabeled, work, callback=callback, resume=resume,
-                   overwrite=not resume, should_stop=should_stop, device=device, export=False)
-    if result.stopped:
-        return None
-    state = load_checkpoint(work / CHECKPOINT_NAME)
-    save_checkpoint(entry, {"format_entry": ENTRY_FORMAT, "student": state["student"], "config": state["config"],
-                            "iterations": int(cfg.pretrain_cache_iterations),
-                            "labeled_cases": len(labeled), "unlabeled_cases": len(unlabeled)})
-    shutil.rmtree(work, ignore_errors=True)
-    return state["student"]
+            return load_checkpoint(self.path)["student"], None
+        except (ModelFileError, KeyError) as exc:
+            return None, f"the cached pre-training {self.path} is unusable ({exc}); pre-training again"
+
+    def store(self, checkpoint: Path, labeled_cases: int, unlabeled_cases: int) -> dict[str, torch.Tensor]:
+        """Keep the student of the finished pre-training run's ``checkpoint`` (atomically) and drop the run."""
+        state = load_checkpoint(checkpoint)
+        save_checkpoint(self.path, {"format_entry": ENTRY_FORMAT, "student": state["student"], "config": state["config"],
+                                    "iterations": self.iterations, "labeled_cases": labeled_cases,
+                                    "unlabeled_cases": unlabeled_cases})
+        shutil.rmtree(self.work, ignore_errors=True)
+        return state["student"]
