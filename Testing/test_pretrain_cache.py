@@ -113,3 +113,14 @@ def test_a_damaged_entry_is_replaced_not_used(cardiac, tmp_path) -> None:
     assert any(e["event"] == "warning" and "unusable" in e["message"] for e in events)
     assert _phases(events) == ["warmup", "joint", "finetune"]
     load_checkpoint(entry)  # rewritten whole
+
+
+def test_the_panel_says_whether_pretraining_is_reused_or_made() -> None:
+    from ACTIONPlusPlusLib.slicer_bridge.panel.run_progress import ProgressTracker
+
+    tracker = ProgressTracker()
+    line = tracker.handle({"event": "pretraining", "cached": True, "path": "/c/acdc-1.pt", "iterations": 300})
+    assert "cached pre-training (300 iterations)" in line and "/c/acdc-1.pt" in line
+    line = tracker.handle({"event": "pretraining", "cached": False, "path": "/c/acdc-1.pt", "iterations": 300,
+                           "resumed": True})
+    assert "resuming" in tracker.status and "later runs" in line

@@ -266,6 +266,15 @@ class ProgressTracker:
                     line += f"\n  Warning: {message}"
             self.collapsed = collapsed
             return line
+        if kind == "pretraining":  # cached pre-training (training/pretrain_cache.py): reused, or made now
+            iterations = event.get("iterations")
+            if event.get("cached"):
+                self.status = f"Using the cached pre-training ({iterations} iterations) of these images"
+            else:
+                again = "resuming" if event.get("resumed") else "once"
+                self.status = (f"Pre-training {iterations} iterations {again}; later runs on these images "
+                               "start from it")
+            return f"{self.status}: {event.get('path')}"
         if kind == "checkpoint":
             self.checkpoint = str(event.get("path"))
             return f"Checkpoint saved: {self.checkpoint}"
