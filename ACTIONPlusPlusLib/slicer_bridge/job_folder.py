@@ -16,7 +16,7 @@ from ..errors import DataError
 from ..jobs import TrainingJob, write_job
 from . import terminology
 from .geometry import node_label
-from .segmentations import labeled_case_from_nodes
+from .segmentations import check_mapping, labeled_case_from_nodes, missing_class_warning
 from .volumes import case_from_volume_node, safe_id
 
 NODES_FILE = "nodes.json"
@@ -73,6 +73,8 @@ def write_training_job(
     file_suffix: str = ".nrrd",
     overwrite: bool = False,
     progress: Callable[[int, int, str], None] | None = None,
+    label_mapping: str = "name",
+    warnings: list[str] | None = None,
 ) -> Path:
     """Export nodes as a generic dataset + job.json + nodes.json in ``job_dir``; return job.json's path.
 
@@ -89,6 +91,11 @@ def write_training_job(
     ``progress(done, total, name)`` is called before each volume is written (the panel shows it and
     keeps its window responsive between files).
 
+    ``label_mapping``: segments matched to classes by "name" (default) or by label "value"
+    (:mod:`.segmentations`).  ``warnings`` (a list, when given) receives one message per labeled case
+    that lacks some of the classes (partial annotations: those voxels train as background); the
+    messages are also kept in ``nodes.json``.
+
     DataError: no labeled pair (train/continue), a volume listed twice, an unlabeled volume that is
     also labeled, a pair whose extents do not overlap (naming both nodes), a label without the
     preset's classes, 2D/4D volumes, a job folder that is not writable.
@@ -98,6 +105,7 @@ def write_training_job(
 
     preset = preset.lower()
     terminology.classes(preset)
+    check_mapping(label_mapping)
     if file_suffix not in (".nrrd", ".nii.gz", ".nii", ".mha"):
         raise DataError(f"unsupported file suffix {file_suffix!r}; use .nrrd or .nii.gz")
     labeled_pairs = list(labeled_pairs)
@@ -150,7 +158,10 @@ def write_training_job(
         used.add(candidate.lower())
         return candidate
 
-    labeled_cases = [(labeled_case_from_nodes(v, l, preset, unique_id(v)), v, l) for v, l in labeled_pairs]
+    labeled_cases = [(labeled_case_from_nodes(v, l, preset, unique_id(v), label_mapping), v, l) for v, l in labeled_pairs]
+    case_warnings = [w for w in (missing_class_warning(c.label, preset, v, l) for c, v, l in labeled_cases) if w]
+    if warnings is not None:
+        warnings.extend(case_warnings)
     unlabeled_cases = [(case_from_volume_node(v, unique_id(v), allow_single_slice=allow_single), v) for v in unlabeled]
     predict_cases = [(case_from_volume_node(v, unique_id(v), allow_single_slice=allow_single), v) for v in predict]
 
@@ -211,6 +222,8 @@ def write_training_job(
         "version": 1,
         "preset": preset,
         "entries": [entry.__dict__ for entry in entries],
+        "label_mapping": label_mapping,
+        "warnings": case_warnings,
     }
     atomic_write_text(job_dir / NODES_FILE, json.dumps(mapping, indent=2) + "\n")
     job_path = write_job(job, job_dir / "job.json")

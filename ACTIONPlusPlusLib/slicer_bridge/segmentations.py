@@ -5,9 +5,14 @@ in a private scratch scene.
 
 Decisions:
 
-- Segments are matched to classes BY NAME (:mod:`.terminology`: case-insensitive, synonyms), then by
-  the SNOMED code of their terminology; never by order.  Segments matching no class are ignored; two
-  segments matching the same class are an error (which one is the truth is the user's call).
+- Segments are matched to classes BY NAME (:mod:`.terminology`: case-insensitive, synonyms, or a name
+  that is a class value, "1" / "Label_1"), then by the SNOMED code of their terminology; or, when the
+  user picks it (``mapping="value"``), BY LABEL VALUE (a segmentation imported from a label file whose
+  colour table names its values "tissue", "bone", ...); never by order.  Segments matching no class are
+  ignored; two segments matching the same class are an error (which one is the truth is the user's call).
+- Labelmap volume nodes are taken as values (as label files are).
+- :func:`missing_class_warning`: a labeled case without some of the classes is allowed (partial
+  annotations), but said: those voxels train as background.
 - Segmentation or labelmap nodes under a parent transform different from their volume's are refused
   (harden the transform first).
 """
@@ -46,20 +51,39 @@ def preset_color_table(scene: Any, preset: str) -> Any:
     return table
 
 
-def segment_class_map(segmentation_node: Any, preset: str) -> dict[int, str]:
-    """``{class value: segment ID}`` of the segments that name (or code) a class of ``preset``.
+LABEL_MAPPINGS = ("name", "value")  # how segments are matched to classes: by name (default) or label value
+
+
+def check_mapping(mapping: str) -> str:
+    if mapping not in LABEL_MAPPINGS:
+        raise ValueError(f"unknown label mapping {mapping!r}; choose one of {', '.join(LABEL_MAPPINGS)}")
+    return mapping
+
+
+def _segment_class_value(segment: Any, preset: str, mapping: str) -> int | None:
+    if mapping == "value":
+        value = int(segment.GetLabelValue())
+        return value if value in terminology.class_values(preset) else None
+    value = terminology.class_value_for_segment_name(preset, segment.GetName() or "")
+    if value is None:
+        value = terminology.class_value_for_terminology(preset, segment.GetTerminology() or "")
+    return value
+
+
+def segment_class_map(segmentation_node: Any, preset: str, mapping: str = "name") -> dict[int, str]:
+    """``{class value: segment ID}`` of the segments that name (or code) a class of ``preset``; with
+    ``mapping="value"``, of the segments whose label value is a class value.
 
     Raises DataError when two segments claim the same class.
     """
+    check_mapping(mapping)
     segmentation = segmentation_node.GetSegmentation()
     found: dict[int, tuple[str, str]] = {}
     for index in range(segmentation.GetNumberOfSegments()):
         segment_id = segmentation.GetNthSegmentID(index)
         segment = segmentation.GetNthSegment(index)
         name = segment.GetName() or ""
-        value = terminology.class_value_for_segment_name(preset, name)
-        if value is None:
-            value = terminology.class_value_for_terminology(preset, segment.GetTerminology() or "")
+        value = _segment_class_value(segment, preset, mapping)
         if value is None:
             continue
         if value in found:
@@ -73,11 +97,37 @@ def segment_class_map(segmentation_node: Any, preset: str) -> dict[int, str]:
     return {value: sid for value, (sid, _name) in sorted(found.items())}
 
 
-def _no_class_error(node: Any, preset: str, what: str) -> DataError:
+def _no_class_error(node: Any, preset: str, what: str, mapping: str = "name") -> DataError:
+    values = ", ".join(f"{i.value}={i.name}" for i in terminology.classes(preset))
+    if mapping == "value":
+        return DataError(f"{what} {node_label(node)} has no segment with a label value of the {preset.upper()} "
+                         f"preset's classes ({values})")
     return DataError(
         f"{what} {node_label(node)} has none of the {preset.upper()} preset's classes; accepted segment "
-        f"names: {'; '.join(terminology.accepted_names(preset))}"
+        f"names: {'; '.join(terminology.accepted_names(preset))}, or the class values ({values}); or "
+        "map the segments by label value"
     )
+
+
+def class_mapping_text(segmentation_node: Any, preset: str, mapping: str = "name") -> str:
+    """How the segments map to the classes, for the panel: "RV <- '1', LV <- 'Label_3'" (DataError as
+    :func:`segment_class_map`)."""
+    segmentation = segmentation_node.GetSegmentation()
+    class_map = segment_class_map(segmentation_node, preset, mapping)
+    return ", ".join(f"{terminology.class_info(preset, value).name} <- '{segmentation.GetSegment(sid).GetName()}'"
+                     for value, sid in class_map.items()) or "no class"
+
+
+def missing_class_warning(labels: np.ndarray, preset: str, volume_node: Any, label_node: Any) -> str | None:
+    """A message when a labeled case lacks some of the preset's classes (None when it has them all):
+    partial annotations are allowed, but the unpainted classes train as background in this case."""
+    present = {int(v) for v in np.unique(labels)}
+    absent = [info.name for info in terminology.classes(preset) if info.value not in present]
+    if not absent:
+        return None
+    return (f"labeled case {node_label(volume_node)} ({node_label(label_node)}) has no {', '.join(absent)}: "
+            "in this case those structures are trained as background. Paint them, or leave the case out if "
+            "they are visible in it.")
 
 
 def check_transforms(label_node: Any, volume_node: Any) -> None:
@@ -186,10 +236,11 @@ def _resample_labelmap(label_node: Any, volume_node: Any, values: Sequence[int],
     return _export_segments(seg, class_map, volume_node, preset)
 
 
-def label_from_node(label_node: Any, reference_volume_node: Any, preset: str) -> np.ndarray:
+def label_from_node(label_node: Any, reference_volume_node: Any, preset: str, mapping: str = "name") -> np.ndarray:
     """The label map (z, y, x) uint8 of a segmentation or labelmap node on the volume's grid.
 
-    Segmentation nodes: segments mapped to the preset's class values by name (then terminology code),
+    Segmentation nodes: segments mapped to the preset's class values by name (then terminology code;
+    by label value with ``mapping="value"``),
     exported with a colour table so a missing class never shifts the others; a segmentation on another
     grid is resampled onto the volume.  Labelmap (or integer scalar) volume nodes are taken as values,
     which must be class values of the preset; resampled when their grid differs.  DataError, naming the
@@ -204,9 +255,9 @@ def label_from_node(label_node: Any, reference_volume_node: Any, preset: str) ->
     check_transforms(label_node, reference_volume_node)
     valid = set(terminology.class_values(preset))
     if label_node.IsA("vtkMRMLSegmentationNode"):
-        class_map = segment_class_map(label_node, preset)
+        class_map = segment_class_map(label_node, preset, mapping)
         if not class_map:
-            raise _no_class_error(label_node, preset, "segmentation")
+            raise _no_class_error(label_node, preset, "segmentation", mapping)
         labels = _export_segments(label_node, class_map, reference_volume_node, preset)
         what = "segmentation"
     elif label_node.IsA("vtkMRMLScalarVolumeNode"):
@@ -250,7 +301,8 @@ def label_from_node(label_node: Any, reference_volume_node: Any, preset: str) ->
     return np.ascontiguousarray(labels.astype(np.uint8))
 
 
-def labeled_case_from_nodes(volume_node: Any, label_node: Any, preset: str, case_id: str | None = None) -> Case:
+def labeled_case_from_nodes(volume_node: Any, label_node: Any, preset: str, case_id: str | None = None,
+                            mapping: str = "name") -> Case:
     """A labeled Case; DataError naming both nodes when their physical extents do not overlap."""
     case = case_from_volume_node(volume_node, case_id, allow_single_slice=preset.lower() == "acdc")
     check_transforms(label_node, volume_node)
@@ -261,5 +313,5 @@ def labeled_case_from_nodes(volume_node: Any, label_node: Any, preset: str, case
             f"{node_label(label_node)} and volume {node_label(volume_node)} do not overlap in space "
             "(their physical extents are disjoint): is this the segmentation of another volume?"
         )
-    case.label = label_from_node(label_node, volume_node, preset)
+    case.label = label_from_node(label_node, volume_node, preset, mapping)
     return case
