@@ -15,7 +15,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Callable, Optional
+from typing import Annotated, Any, Callable, Optional, Union
 
 import qt
 import vtk
@@ -30,7 +30,7 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 from slicer.parameterNodeWrapper import Choice, Minimum, parameterNodeWrapper
-from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+from slicer import vtkMRMLLabelMapVolumeNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 
 
 def _addLibraryToPath() -> str:
@@ -59,6 +59,7 @@ from ACTIONPlusPlusLib.slicer_bridge.panel import (  # noqa: E402  (needs the pa
     job_options,
     output_folder,
     remembered,
+    run_gate,
 )
 from ACTIONPlusPlusLib.slicer_bridge import blocking_run, module_jobs, samples, terminology_context  # noqa: E402
 from ACTIONPlusPlusPanel.case_lists import CaseListsMixin  # noqa: E402
@@ -163,8 +164,8 @@ def registerSampleData() -> None:
 class ACTIONPlusPlusParameterNode:
     """The panel's settings, saved with the scene.
 
-    labeledPairs: (volume, segmentation) used for supervision.
-    excludedVolumes: scene volumes the user unchecked in the unlabeled list (all others are used).
+    labeledPairs: (volume, segmentation or labelmap) used for supervision.
+    unlabeledVolumes: the volumes the user checked in the unlabeled list (opt-in: a new volume is not used).
     """
 
     preset: Annotated[str, Choice(["LA", "ACDC"])] = "LA"
@@ -177,8 +178,9 @@ class ACTIONPlusPlusParameterNode:
     modelPath: Path
     predictVolume: vtkMRMLScalarVolumeNode
     confidence: bool = False
-    labeledPairs: list[tuple[vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode]]
-    excludedVolumes: list[vtkMRMLScalarVolumeNode]
+    labeledPairs: list[tuple[vtkMRMLScalarVolumeNode, Union[vtkMRMLSegmentationNode, vtkMRMLLabelMapVolumeNode]]]
+    labelMapping: Annotated[str, Choice(["by name", "by label value"])] = "by name"
+    unlabeledVolumes: list[vtkMRMLScalarVolumeNode]
     showPseudoLabels: bool = False
 
 
@@ -196,6 +198,7 @@ class ACTIONPlusPlusWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, Ca
         self._parameterNode: Optional[ACTIONPlusPlusParameterNode] = None
         self._parameterNodeGuiTag = None
         self._run: Optional[active_run.ActiveRun] = None
+        self._gate = run_gate.RunGate()  # idle -> preparing (first click) -> running -> idle
         self._updatingGUI = False
         self._timer = self._refreshTimer = self._probeTimer = self._closeGuard = None
 
@@ -382,45 +385,37 @@ class ACTIONPlusPlusWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, Ca
             continue_training=p.continueTraining,
             output_root=str(p.outputFolder),
             confidence=p.confidence,
+            label_mapping=job_options.label_mapping(p.labelMapping),
         )
 
     def onTrainButton(self) -> None:
-        if self._run is not None:  # the button is disabled while running; Cancel has its own button
-            return
-        self.clearMessages()
-        try:
-            self.logic.ensureDependencies(log=self.appendLog)
-            if self.logic.deviceInfo is None:
-                self.refreshDeviceInfo()  # torch was just installed: ask what it sees (in the background)
-            settings = self._panelSettings()
-            warning = output_folder.output_root_warning(settings.output_root, slicer.app.temporaryPath)
-            if warning:
-                self.appendLog(_("Warning: {text}").format(text=warning))
-            jobPath, plan = module_jobs.prepare_training_job(
-                slicer.mrmlScene, self._labeledPairs(), self._unlabeledVolumes(), settings, progress=self._writingProgress)
-            self.appendLog(plan.description)
-            self.appendLog(_("Budget: {text}").format(text=self.ui.budgetEstimateLabel.text))
-            self._startRun(jobPath, "train")
-        except Exception as exc:  # every failure ends in the panel, controls enabled
-            self.showError(exc)
+        # refused while anything is under way, from this click until the run ends (panel.run_gate)
+        self._runGuarded("train", self._prepareTraining)
 
-    def _writingProgress(self, done: int, total: int, name: str) -> None:
-        """Writing the cases takes a while for large volumes: show which one, keep the window alive."""
-        self.ui.progressBar.value = int(100 * done / max(total, 1))
-        self.showStatus(_("Writing the training cases: {done}/{total} {name}").format(done=done, total=total, name=name))
-        slicer.app.processEvents()
+    def _prepareTraining(self) -> Path:
+        self.logic.ensureDependencies(log=self.appendLog)
+        if self.logic.deviceInfo is None:
+            self.refreshDeviceInfo()  # torch was just installed: ask what it sees (in the background)
+        settings = self._panelSettings()
+        warning = output_folder.output_root_warning(settings.output_root, slicer.app.temporaryPath)
+        if warning:
+            self.appendLog(_("Warning: {text}").format(text=warning))
+        jobPath, plan = module_jobs.prepare_training_job(
+            slicer.mrmlScene, self._labeledPairs(), self._unlabeledVolumes(), settings, progress=self._writingProgress)
+        for text in [plan.description, *(_("Warning: {text}").format(text=w) for w in plan.warnings)]:
+            self.appendLog(text)
+        self.appendLog(_("Budget: {text}").format(text=self.ui.budgetEstimateLabel.text))
+        return jobPath
 
     def onPredictButton(self) -> None:
-        self.clearMessages()
+        self._runGuarded("predict", self._preparePrediction)
+
+    def _preparePrediction(self) -> Path:
         p = self._parameterNode
-        try:
-            self.logic.ensureDependencies(log=self.appendLog)
-            volumes = [p.predictVolume] if p.predictVolume else []
-            with _waitCursor():
-                jobPath = module_jobs.prepare_prediction_job(slicer.mrmlScene, volumes, str(p.modelPath), self._panelSettings())
-            self._startRun(jobPath, "predict")
-        except Exception as exc:
-            self.showError(exc)
+        self.logic.ensureDependencies(log=self.appendLog)
+        volumes = [p.predictVolume] if p.predictVolume else []
+        with _waitCursor():
+            return module_jobs.prepare_prediction_job(slicer.mrmlScene, volumes, str(p.modelPath), self._panelSettings())
 
     def onOpenOutputFolder(self) -> None:
         folder = str(self._parameterNode.outputFolder) if self._parameterNode else ""
@@ -442,9 +437,10 @@ class ACTIONPlusPlusWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, Ca
     # ----------------------------------------------------------------------------- display
 
     def updateButtons(self) -> None:
-        running = self._run is not None
-        self.ui.cancelButton.visible = running
-        self.ui.cancelButton.text = _("Cancel training") if running and self._run.kind == "train" else _("Cancel prediction")
+        """Everything disabled from the first Train / Predict click until the run ends (panel.run_gate)."""
+        running = not self._gate.controls_enabled
+        self.ui.cancelButton.visible = self._gate.cancellable
+        self.ui.cancelButton.text = _("Cancel training") if self._gate.kind == "train" else _("Cancel prediction")
         for widget in (
             self.ui.inputsCollapsibleButton, self.ui.trainButton, self.ui.budgetComboBox, self.ui.deviceComboBox,
             self.ui.outputFolderPathLineEdit, self.ui.continueCheckBox, self.ui.predictButton, self.ui.addAsLabeledButton,
@@ -564,6 +560,7 @@ class ACTIONPlusPlusLogic(ScriptedLoadableModuleLogic):
         parameters = self.getParameterNode()
         parameters.preset = preset.upper()
         parameters.labeledPairs = list(parameters.labeledPairs) + pairs
+        parameters.unlabeledVolumes = list(parameters.unlabeledVolumes) + list(unlabeled)  # opted in: the sample's
         if slicer.app.layoutManager() is not None:
             slicer.util.setSliceViewerLayers(background=pairs[0][0], fit=True)
         return pairs, unlabeled

@@ -108,3 +108,15 @@ def test_setup_schedules_the_device_probe():
     setup = next(f for f in widget.body if isinstance(f, ast.FunctionDef) and f.name == "setup")
     assert "self.refreshDeviceInfo" in ast.unparse(setup)
     assert "torchInstalled" not in MODULE_FILE.read_text()
+
+
+def test_train_and_predict_clicks_go_through_the_run_gate():
+    """Both clicks are refused while anything is under way (panel.run_gate, tested in test_panel_run_gate)."""
+    tree = ast.parse(MODULE_FILE.read_text())
+    widget = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "ACTIONPlusPlusWidget")
+    methods = {f.name: ast.unparse(f) for f in widget.body if isinstance(f, ast.FunctionDef)}
+    assert "self._runGuarded('train'" in methods["onTrainButton"]
+    assert "self._runGuarded('predict'" in methods["onPredictButton"]
+    assert "self._gate.controls_enabled" in methods["updateButtons"] and "self._gate.cancellable" in methods["updateButtons"]
+    watch = (REPO / "ACTIONPlusPlus" / "ACTIONPlusPlusPanel" / "run_watch.py").read_text()
+    assert "self._gate.started()" in watch and watch.count("self._gate.finished()") == 2

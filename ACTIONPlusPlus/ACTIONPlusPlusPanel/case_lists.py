@@ -1,5 +1,5 @@
-"""The panel's case lists: the labeled (volume, segmentation) table, the unlabeled volume list, and
-"Add prediction as labeled". A mixin of ``ACTIONPlusPlusWidget`` (it uses the widget's ``ui``,
+"""The panel's case lists: the labeled (volume, segmentation or labelmap) table, the unlabeled volume
+list (opt-in: only the volumes the user checks), and "Add prediction as labeled". A mixin of ``ACTIONPlusPlusWidget`` (it uses the widget's ``ui``,
 ``_parameterNode``, ``logic``, ``showStatus`` and ``showError``); the checks are the bridge's."""
 
 from __future__ import annotations
@@ -51,30 +51,34 @@ class CaseListsMixin:
             table.setItem(row, 1, qt.QTableWidgetItem(segmentation.GetName()))
 
     def _fillUnlabeledList(self, labeledIDs: list[str]) -> None:
-        excluded = {n.GetID() for n in self._parameterNode.excludedVolumes if n is not None}
+        chosen = [n.GetID() for n in self._parameterNode.unlabeledVolumes if n is not None]
         scene = [n.GetID() for n in node_selection.candidate_volumes(slicer.mrmlScene)]
         listWidget = self.ui.unlabeledListWidget
+        scroll = listWidget.verticalScrollBar().value  # refilled on each change: stay where the user was
         listWidget.clear()
-        for nodeID in selection_checks.unlabeled_candidates(scene, labeledIDs):
+        for nodeID, checked in selection_checks.unlabeled_rows(scene, labeledIDs, chosen):
             item = qt.QListWidgetItem(slicer.mrmlScene.GetNodeByID(nodeID).GetName())
             item.setData(qt.Qt.UserRole, nodeID)
             item.setFlags(item.flags() | qt.Qt.ItemIsUserCheckable)
-            item.setCheckState(qt.Qt.Unchecked if nodeID in excluded else qt.Qt.Checked)
+            item.setCheckState(qt.Qt.Checked if checked else qt.Qt.Unchecked)
             listWidget.addItem(item)
+        listWidget.verticalScrollBar().value = scroll
 
     def onAddPair(self) -> None:
         volume = self.ui.labeledVolumeSelector.currentNode()
         segmentation = self.ui.labeledSegmentationSelector.currentNode()
         if volume is None or segmentation is None:
-            return self.showError(_("Pick a volume and its segmentation, then click Add labeled case."))
+            return self.showError(_("Pick a volume and its labels (segmentation or labelmap), then click Add labeled case."))
         if any(v is volume for v, _s in self._labeledPairs()):
             return self.showError(_("Volume '{name}' is already a labeled case.").format(name=volume.GetName()))
-        entries = node_selection.segment_entries(segmentation)
-        problem = selection_checks.segments_problem(segmentation.GetName(), entries, self._preset())
+        problem, mapping = node_selection.label_summary(segmentation, self._preset(), self._panelSettings().label_mapping)
         if problem:
             return self.showError(problem)
         self._parameterNode.labeledPairs = self._labeledPairs() + [(volume, segmentation)]
-        self.showStatus(_("Added labeled case {volume} + {segmentation}.").format(volume=volume.GetName(), segmentation=segmentation.GetName()))
+        text = _("Added labeled case {volume} + {segmentation}: {mapping}.").format(
+            volume=volume.GetName(), segmentation=segmentation.GetName(), mapping=mapping)
+        self.showStatus(text)
+        self.appendLog(text)
 
     def onRemovePairs(self) -> None:
         rows = {index.row() for index in self.ui.labeledTableWidget.selectionModel().selectedRows()}
@@ -88,10 +92,10 @@ class CaseListsMixin:
         node = slicer.mrmlScene.GetNodeByID(item.data(qt.Qt.UserRole))
         if node is None:
             return
-        excluded = [n for n in self._parameterNode.excludedVolumes if n is not None and n is not node]
-        if item.checkState() != qt.Qt.Checked:
-            excluded.append(node)
-        self._parameterNode.excludedVolumes = excluded
+        chosen = [n for n in self._parameterNode.unlabeledVolumes if n is not None and n is not node]
+        if item.checkState() == qt.Qt.Checked:
+            chosen.append(node)
+        self._parameterNode.unlabeledVolumes = chosen
 
     def onAddAsLabeled(self) -> None:
         segmentation = self.ui.resultSegmentationSelector.currentNode()
@@ -102,6 +106,7 @@ class CaseListsMixin:
             return self.showError(_("No volume is known for '{name}': add it with Labeled cases > Volume / Segmentation instead.").format(
                 name=segmentation.GetName()))
         pairs = [pair for pair in self._labeledPairs() if pair[0] is not volume]
+        node_selection.keep_prediction(segmentation)  # a later prediction never overwrites the user's labels
         self._parameterNode.labeledPairs = pairs + [(volume, segmentation)]
         self.showStatus(_("'{segmentation}' is now the labeled case of '{volume}'. Train again to use it.").format(
             segmentation=segmentation.GetName(), volume=volume.GetName()))

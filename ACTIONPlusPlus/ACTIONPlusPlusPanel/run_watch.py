@@ -14,16 +14,34 @@ import slicer
 from slicer.i18n import tr as _
 
 from ACTIONPlusPlusLib.slicer_bridge import charts, module_jobs
-from ACTIONPlusPlusLib.slicer_bridge.panel import active_run, formatting
+from ACTIONPlusPlusLib.slicer_bridge.panel import active_run, formatting, run_gate
 
 
 class RunWatchMixin:
-    """One run at a time (``self._run``), polled by ``self._timer``."""
+    """One run at a time (``self._run``, guarded by ``self._gate`` from the first click), polled by
+    ``self._timer``."""
+
+    def _runGuarded(self, kind: str, prepare) -> None:
+        """A Train / Predict click: refused while anything is under way; the panel stays disabled from
+        here until the run ends (a click during the export, which runs the event loop, is refused)."""
+        if not self._gate.controls_enabled:
+            return self.showStatus(_("A run is being prepared or running: wait for it, or cancel it."))
+        self.clearMessages()
+        run_gate.run_guarded(self._gate, kind, prepare, lambda jobPath: self._startRun(jobPath, kind),
+                             self.showError, self.updateButtons)
+
+    def _writingProgress(self, done: int, total: int, name: str) -> None:
+        """Writing the cases takes a while for large volumes: show which one, keep the window alive (the
+        panel is disabled meanwhile: a click is refused by the gate)."""
+        self.ui.progressBar.value = int(100 * done / max(total, 1))
+        self.showStatus(_("Writing the training cases: {done}/{total} {name}").format(done=done, total=total, name=name))
+        slicer.app.processEvents()
 
     def _startRun(self, jobPath: Path, kind: str) -> None:
         settings = self._panelSettings()
         worker = self.logic.startWorker(jobPath, settings.device)
         self._run = active_run.ActiveRun(worker, Path(jobPath), kind, settings.confidence, settings.preset)
+        self._gate.started()  # the run object owns the worker now
         if kind == "train":
             self._run.chart = charts.create_training_chart(slicer.mrmlScene, Path(jobPath).parent.name)
             self.showChart()
@@ -45,6 +63,7 @@ class RunWatchMixin:
         except Exception as exc:
             logging.exception("ACTION++: while watching the worker")
             self._run = None
+            self._gate.finished()
             self._timer.stop()
             self.showError(exc)
             self.updateButtons()
@@ -68,6 +87,7 @@ class RunWatchMixin:
     def _finishRun(self, run: active_run.ActiveRun) -> None:
         self._timer.stop()
         self._run = None
+        self._gate.finished()
         code = run.worker.exit_code
         if run.kind == "train" and run.tracker.seconds_per_iteration:
             self.logic.memory.remember_speed(run.preset, run.trained_device(), run.tracker.seconds_per_iteration)
@@ -84,8 +104,10 @@ class RunWatchMixin:
 
     def _showResults(self, run: active_run.ActiveRun) -> None:
         """The run's predictions as new nodes, the last one shown and selected for "Add as labeled"."""
-        imports = module_jobs.load_results(slicer.mrmlScene, run.run_folder, run.events, with_confidence=run.confidence)
-        self.logic.showResults(imports)
+        imports = module_jobs.load_results(slicer.mrmlScene, run.run_folder, run.events, with_confidence=run.confidence,
+                                           model=run.tracker.model_path or None)  # a volume's earlier prediction: updated
+        if self.parent.isEntered:  # the views move only while the module is shown (not under Segment Editor)
+            self.logic.showResults(imports)
         added = [i.segmentation_node for i in imports if i.segmentation_node is not None]
         if added:
             self.ui.resultSegmentationSelector.setCurrentNode(added[-1])
@@ -107,8 +129,8 @@ class RunWatchMixin:
         self._run.cancelled = True
         self.showStatus(_("Cancelling\u2026 the worker saves its checkpoint first."))
         # non-blocking: the worker saves its checkpoint and exits; the polling timer picks up the end (and
-        # kills whatever of the process tree is still alive 10 s later)
-        self._run.worker.request_cancel(kill_after=10.0)
+        # kills whatever of the process tree is still alive after a grace scaled to the measured step)
+        self._run.worker.request_cancel(kill_after=self._run.cancel_grace())
 
     def showChart(self) -> None:
         """The run's loss chart, or its pseudo-label chart when that box is ticked."""

@@ -37,6 +37,9 @@ CREATE_NEW_PROCESS_GROUP = 0x00000200
 CREATE_NO_WINDOW = 0x08000000
 STARTF_USESHOWWINDOW = 0x00000001
 SW_HIDE = 0
+BELOW_NORMAL_PRIORITY_CLASS = 0x00004000
+WORKER_NICE = 10  # POSIX niceness of the worker: Slicer (nice 0) stays responsive during CPU training
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
 def popen_options(os_name: str | None = None, subprocess_module: Any = subprocess) -> dict[str, Any]:
@@ -82,3 +85,38 @@ def child_environment(extra: dict[str, str] | None = None, force_cpu: bool = Fal
     if force_cpu:
         env["CUDA_VISIBLE_DEVICES"] = "-1"
     return env
+
+
+def worker_threads(cpu_count: int | None = None) -> int:
+    """CPU threads for the worker: every core but one, which is left to Slicer (at least 1)."""
+    count = os.cpu_count() if cpu_count is None else cpu_count
+    return max(1, int(count or 1) - 1)
+
+
+def thread_environment(env: dict[str, str], cpu_count: int | None = None) -> dict[str, str]:
+    """``env`` with the worker's thread count (OpenMP / MKL / OpenBLAS, which torch's CPU kernels read)
+    set to :func:`worker_threads`, unless the user set them (their value is kept)."""
+    threads = str(worker_threads(cpu_count))
+    for name in THREAD_VARIABLES:
+        env.setdefault(name, threads)
+    return env
+
+
+def lower_priority(pid: int, os_name: str | None = None, process_class: Any = None) -> bool:
+    """Run the started child (and what it starts later) below Slicer's priority: niceness
+    :data:`WORKER_NICE` on POSIX, BELOW_NORMAL_PRIORITY_CLASS on Windows.  Best effort: False when the
+    system refused (the worker then runs at normal priority)."""
+    os_name = os.name if os_name is None else os_name
+    try:
+        if process_class is None:
+            import psutil
+
+            process_class = psutil.Process
+        proc = process_class(pid)
+        if os_name == "nt":
+            proc.nice(BELOW_NORMAL_PRIORITY_CLASS)
+        else:
+            proc.nice(max(proc.nice(), WORKER_NICE))
+        return True
+    except Exception:  # noqa: BLE001 - NoSuchProcess, AccessDenied, no psutil: priority is a nicety
+        return False

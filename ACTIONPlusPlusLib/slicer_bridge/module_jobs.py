@@ -16,8 +16,9 @@ from typing import Any
 
 from . import node_selection
 from .job_folder import write_training_job
-from .panel import job_options, output_folder
+from .panel import job_options, model_cards, output_folder
 from .results import PredictionImport, load_predictions
+from .segmentations import check_mapping
 
 Progress = Callable[[int, int, str], None]
 
@@ -31,10 +32,12 @@ def prepare_training_job(
     progress: Progress | None = None,
 ) -> tuple[Path, job_options.RunPlan]:
     """Check the selection and the disk, then export the nodes as a job folder; returns (job.json, plan).
+    ``plan.warnings``: one message per labeled case that lacks some of the classes (shown by the panel).
 
     Raises ``ValueError`` (selection, output folder) or ``OSError`` (disk space) with the panel's message.
     """
-    problems = node_selection.node_selection_problems(pairs, unlabeled, settings.preset)
+    check_mapping(settings.label_mapping)
+    problems = node_selection.node_selection_problems(pairs, unlabeled, settings.preset, settings.label_mapping)
     if problems:
         raise ValueError("\n".join(problems))
     plan = job_options.plan_run(settings)
@@ -47,14 +50,17 @@ def prepare_training_job(
     options = job_options.build_job_options(settings, plan)
     job_path = write_training_job(
         scene, pairs, unlabeled, [], plan.job_dir, settings.preset,
-        output_dir=plan.output_dir, predict_unlabeled=predict_unlabeled, progress=progress, **options,
+        output_dir=plan.output_dir, predict_unlabeled=predict_unlabeled, progress=progress,
+        label_mapping=settings.label_mapping, warnings=plan.warnings, **options,
     )
     return Path(job_path), plan
 
 
 def prepare_prediction_job(scene: Any, volumes: Sequence[Any], model_path: str,
                            settings: job_options.PanelSettings) -> Path:
-    """Export ``volumes`` as a predict job for an existing model file; returns job.json."""
+    """Export ``volumes`` as a predict job for an existing model file; returns job.json.  The preset is
+    the model's (``panel.model_cards``: its run's config.json or job.json), the panel's only when the
+    model's files do not say."""
     volumes = [v for v in volumes if v is not None]
     if not volumes:
         raise ValueError("Pick the volume to segment.")
@@ -70,13 +76,27 @@ def prepare_prediction_job(scene: Any, volumes: Sequence[Any], model_path: str,
         raise OSError(problem)
     options = job_options.build_job_options(settings)
     options.update(mode="predict", model=model_path, resume=False)
-    return Path(write_training_job(scene, [], [], volumes, job_dir, settings.preset, **options))
+    preset = model_cards.model_preset(model_path) or settings.preset
+    return Path(write_training_job(scene, [], [], volumes, job_dir, preset, **options))
 
 
 def load_results(scene: Any, job_dir: str | Path, events: Sequence[dict] | None = None,
-                 with_confidence: bool = False) -> list[PredictionImport]:
-    """Add the job's predictions as new segmentation nodes (and confidence volumes), each marked with the
-    volume it was made on."""
-    imports = load_predictions(scene, job_dir, events, with_confidence=with_confidence)
-    node_selection.mark_sources(imports)
+                 with_confidence: bool = False, model: str | None = None,
+                 update_in_place: bool = True) -> list[PredictionImport]:
+    """Add the job's predictions as segmentation nodes (and confidence volumes), each marked with the
+    volume it was made on, its preset and ``model``.  With ``update_in_place`` a volume's earlier
+    prediction of the same preset is updated instead of piling up "<volume> ACTION++_1" nodes, unless the
+    user renamed or kept it (``node_selection.previous_prediction``)."""
+    previous = node_selection.previous_prediction if update_in_place else None
+    imports = load_predictions(scene, job_dir, events, with_confidence=with_confidence, previous=previous)
+    node_selection.mark_sources(imports, preset=_job_preset(job_dir), model=model)
     return imports
+
+
+def _job_preset(job_dir: str | Path) -> str | None:
+    import json
+
+    try:
+        return json.loads((Path(job_dir) / "nodes.json").read_text()).get("preset")
+    except (OSError, ValueError, AttributeError):
+        return None

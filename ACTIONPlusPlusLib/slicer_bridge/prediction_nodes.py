@@ -68,6 +68,7 @@ def add_prediction_to_scene(
     preset: str,
     name: str | None = None,
     confidence: np.ndarray | None = None,
+    replace: Any = None,
 ) -> Any:
     """Add a NEW segmentation node holding ``labels`` (z, y, x) on ``reference_volume_node``'s grid.
 
@@ -75,7 +76,9 @@ def add_prediction_to_scene(
     the preset (empty classes included), each with its canonical name, colour and SNOMED terminology,
     name/colour marked as not auto-generated.  ``confidence`` (z, y, x) becomes a new scalar volume
     ``"<volume> ACTION++ confidence"``, referenced from the segmentation as ``"confidence"``.
-    Existing nodes are not modified.
+    Existing nodes are not modified, except ``replace``: an earlier prediction node (the caller decides
+    which: :func:`.node_selection.previous_prediction`) whose segments (and confidence volume) are
+    replaced by these, same node, same name, same place.
     """
     preset = preset.lower()
     infos = terminology.classes(preset)
@@ -93,8 +96,12 @@ def add_prediction_to_scene(
         raise DataError(f"prediction for {node_label(reference_volume_node)} has values {bad} outside the {preset.upper()} classes")
     labels = np.ascontiguousarray(labels.astype(np.uint8))
 
-    base = name or f"{reference_volume_node.GetName()}{PREDICTION_SUFFIX}"
-    seg_node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", scene.GenerateUniqueName(base))
+    if replace is not None:  # the previous prediction of this volume: updated in place (panel's choice)
+        seg_node = replace
+        seg_node.GetSegmentation().RemoveAllSegments()
+    else:
+        base = name or f"{reference_volume_node.GetName()}{PREDICTION_SUFFIX}"
+        seg_node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", scene.GenerateUniqueName(base))
     seg_node.SetReferenceImageGeometryParameterFromVolumeNode(reference_volume_node)
     layer = labelmap_oriented_image(labels, reference_volume_node)
     representation = slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName()
@@ -110,20 +117,22 @@ def add_prediction_to_scene(
         segment.AddRepresentation(representation, layer)  # the same object: one shared layer
         segmentation.AddSegment(segment, info.name)
     seg_node.CreateDefaultDisplayNodes()
-    _place_next_to(scene, seg_node, reference_volume_node)
-
+    if replace is None:
+        _place_next_to(scene, seg_node, reference_volume_node)
     if confidence is not None:
         confidence = np.asarray(confidence, dtype=np.float32)
         if confidence.shape != labels.shape:
             raise DataError(f"confidence map of shape {confidence.shape} does not match labels {labels.shape}")
-        conf_node = scene.AddNewNodeByClass(
-            "vtkMRMLScalarVolumeNode",
-            scene.GenerateUniqueName(f"{reference_volume_node.GetName()}{CONFIDENCE_SUFFIX}"),
-        )
+        conf_node = confidence_node_of(seg_node) if replace is not None else None
+        if conf_node is None:
+            conf_node = scene.AddNewNodeByClass(
+                "vtkMRMLScalarVolumeNode",
+                scene.GenerateUniqueName(f"{reference_volume_node.GetName()}{CONFIDENCE_SUFFIX}"),
+            )
+            _place_next_to(scene, conf_node, reference_volume_node)
         conf_node.CopyOrientation(reference_volume_node)
         slicer.util.updateVolumeFromArray(conf_node, np.ascontiguousarray(confidence))
         conf_node.CreateDefaultDisplayNodes()
-        _place_next_to(scene, conf_node, reference_volume_node)
         seg_node.SetNodeReferenceID("confidence", conf_node.GetID())
     return seg_node
 

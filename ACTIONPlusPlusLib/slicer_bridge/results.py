@@ -6,7 +6,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -28,6 +28,7 @@ class PredictionImport:
     segmentation_node: Any = None
     confidence_node: Any = None
     message: str | None = None  # why it was skipped (volume removed from the scene, unreadable file...)
+    updated: bool = False  # an earlier prediction node was updated in place (not a new node)
 
 
 def _read_on_volume_grid(path: Path, volume_node: Any, interpolator: str) -> np.ndarray:
@@ -81,13 +82,16 @@ def load_predictions(
     *,
     with_confidence: bool = True,
     only_roles: Sequence[str] = ("unlabeled", "predict"),
+    previous: Callable[[Any, Any, str], Any] | None = None,
 ) -> list[PredictionImport]:
     """Add every prediction of a finished job as a new segmentation node on its input volume.
 
     Predictions come from the worker's ``prediction`` events when given (``output``, optional
     ``confidence``), otherwise from ``<output_dir>/predictions/<case id>.*``.  Volumes are found through
     ``nodes.json`` (node ID, then name: a volume renamed meanwhile keeps its prediction).  A prediction
-    whose volume is gone is skipped with a message.
+    whose volume is gone is skipped with a message.  ``previous(scene, volume, preset)`` may name an
+    earlier prediction node of that volume to update in place instead (the panel's: predictions of the
+    same volume do not pile up unless the user kept them).
     """
     job_dir = Path(job_dir)
     mapping_path = job_dir / NODES_FILE
@@ -145,7 +149,10 @@ def load_predictions(
             confidence = None
             if with_confidence and conf_file is not None and conf_file.is_file():
                 confidence = _read_on_volume_grid(conf_file, volume, "linear").astype(np.float32)
-            result.segmentation_node = add_prediction_to_scene(scene, labels, volume, preset, confidence=confidence)
+            replace = previous(scene, volume, preset) if previous is not None else None
+            result.segmentation_node = add_prediction_to_scene(scene, labels, volume, preset, confidence=confidence,
+                                                               replace=replace)
+            result.updated = replace is not None
             result.confidence_node = confidence_node_of(result.segmentation_node)
         except DataError as exc:
             result.message = str(exc)

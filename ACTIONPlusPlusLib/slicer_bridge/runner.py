@@ -26,7 +26,7 @@ from typing import Any, Iterator, Sequence
 import psutil
 
 from ..jobs import stop_file_for
-from .child_process import LIB_DIR, child_environment, find_python, popen_options
+from .child_process import LIB_DIR, child_environment, find_python, lower_priority, popen_options, thread_environment
 
 WORKER_SCRIPT = LIB_DIR / "worker.py"  # run by file path: the child does not inherit Slicer's module paths
 TERMINAL_EVENTS = ("done", "error", "cancelled")
@@ -89,7 +89,8 @@ class WorkerProcess:
         return [self.python, str(self.script), str(self.job_path), *self.extra_args]
 
     def environment(self) -> dict[str, str]:
-        return child_environment(self.extra_env, self.force_cpu)
+        """The child's environment; CPU threads leave Slicer a core (:func:`thread_environment`)."""
+        return thread_environment(child_environment(self.extra_env, self.force_cpu))
 
     def start(self) -> "WorkerProcess":
         if self._process is not None:
@@ -106,6 +107,7 @@ class WorkerProcess:
             **kwargs,
         )
         self._start_time = time.monotonic()
+        lower_priority(self._process.pid)  # below Slicer: the GUI stays responsive during CPU training
         self._open_pipes = 2
         for name, pipe in (("stdout", self._process.stdout), ("stderr", self._process.stderr)):
             thread = threading.Thread(target=self._read, args=(name, pipe), name=f"worker-{name}", daemon=True)

@@ -23,7 +23,7 @@ class InstallHost:
 
     torch_logic: Any = None  # PyTorchUtils.PyTorchUtilsLogic(), or None without the PyTorch extension
     # whether torch is installed, decided WITHOUT importing it (never torch_logic.torchInstalled(): that
-    # runs ``import torch`` in Slicer's process, seconds of frozen GUI and torch's DLLs locked on Windows)
+    # imports torch into Slicer's process, seconds of frozen GUI and torch's DLLs locked on Windows)
     torch_found: Callable[[], bool] = field(default=lambda: torch_installed())
     pip_ensure: Callable[..., Any] | None = None  # slicer.packaging.pip_ensure (Slicer >= 5.12)
     pip_install: Callable[[str], Any] | None = None  # slicer.util.pip_install

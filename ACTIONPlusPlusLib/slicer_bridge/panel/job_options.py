@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .budget_choice import Budget, budget_for
+from .model_cards import preset_mismatch
 from .output_folder import new_run_folder, output_root_problem
 
 
@@ -36,6 +37,15 @@ class PanelSettings:
     confidence: bool = False
     seed: int = 1337
     extra_overrides: dict[str, Any] = field(default_factory=dict)
+    label_mapping: str = "name"  # segments -> classes by "name" or by label "value" (segmentations.LABEL_MAPPINGS)
+
+
+LABEL_MAPPING_CHOICES = {"by name": "name", "by label value": "value"}  # the panel's words -> segmentations' mapping
+
+
+def label_mapping(choice: str) -> str:
+    """The bridge's mapping ("name" | "value") for the panel's choice ("by name" | "by label value")."""
+    return LABEL_MAPPING_CHOICES.get(choice, choice)
 
 
 RUN_OUTPUT = "run"  # a job folder's output sub-folder (job_folder.RUN_FOLDER, not imported: that module imports slicer)
@@ -49,6 +59,7 @@ class RunPlan:
     mode: str  # "train" | "continue"
     model: str | None = None  # warm-start model for mode "continue"
     resume: bool = False  # continue the interrupted run in job_dir / "run" (its checkpoint.pt)
+    warnings: list[str] = field(default_factory=list)  # per-case messages found while writing the job
 
     @property
     def output_dir(self) -> Path:
@@ -85,6 +96,8 @@ def plan_run(settings: PanelSettings, now: float | None = None) -> RunPlan:
     "Continue from last model" picks the most recent run under the output folder: an interrupted run
     (checkpoint.pt without model.pt, e.g. cancelled) is resumed in place; a finished one (model.pt) is
     the warm start of a new run. With nothing to continue from, it says so instead of starting afresh.
+    A last run trained for another preset is refused here, before anything is written (its job data
+    included).
     """
     root = settings.output_root
     problem = output_root_problem(root)
@@ -98,6 +111,9 @@ def plan_run(settings: PanelSettings, now: float | None = None) -> RunPlan:
                 "Turn it off to start a new run, or choose the output folder of an earlier run."
             )
         out = last / RUN_OUTPUT
+        mismatch = preset_mismatch(out / "model.pt", settings.preset)
+        if mismatch:
+            raise ValueError(mismatch)
         if (out / "checkpoint.pt").is_file() and not (out / "model.pt").is_file():
             return RunPlan(job_dir=last, mode="train", resume=True)
         return RunPlan(job_dir=new_run_folder(root, now), mode="continue", model=str(out / "model.pt"))

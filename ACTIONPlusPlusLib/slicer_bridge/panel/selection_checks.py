@@ -77,3 +77,12 @@ def unlabeled_candidates(volume_ids: Sequence[str], labeled_volume_ids: Iterable
     """The scene's scalar volumes that are not already labeled, in scene order."""
     labeled = set(labeled_volume_ids)
     return [v for v in volume_ids if v not in labeled]
+
+
+def unlabeled_rows(volume_ids: Sequence[str], labeled_volume_ids: Iterable[str],
+                   chosen_ids: Iterable[str]) -> list[tuple[str, bool]]:
+    """(volume ID, checked) for the unlabeled list: the scene's volumes that are not labeled, checked
+    only when the user chose them.  Unlabeled volumes are opted in: a volume loaded (say) only to be
+    segmented never joins a training run unless the user checks it."""
+    chosen = set(chosen_ids)
+    return [(v, v in chosen) for v in unlabeled_candidates(volume_ids, labeled_volume_ids)]
