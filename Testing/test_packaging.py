@@ -110,12 +110,29 @@ def test_every_lib_resource_is_listed(module_sets):
 
 def test_every_module_python_file_is_listed(module_sets):
     listed = set(module_sets["MODULE_PYTHON_SCRIPTS"]) | set(module_sets["MODULE_PYTHON_RESOURCES"])
+    listed |= set(module_sets.get("MODULE_BATCH_SCRIPTS", []))
     on_disk = sorted(p.relative_to(MODULE_DIR).as_posix() for p in MODULE_DIR.rglob("*.py")
                      if "__pycache__" not in p.parts and p.relative_to(MODULE_DIR).as_posix() not in DEV_ONLY)
     assert "ACTIONPlusPlusPanel/run_watch.py" in on_disk and "Testing/Python/ACTIONPlusPlusTest.py" in on_disk
     missing = [f for f in on_disk if f not in listed]
     assert not missing, _paste_hint("MODULE_PYTHON_SCRIPTS", missing)
     assert "ACTIONPlusPlus.py" in module_sets["MODULE_PYTHON_SCRIPTS"]
+
+
+def test_the_batch_script_is_kept_out_of_the_module_scan(module_sets):
+    """Slicer loads every .py at the top of qt-scripted-modules as a module: the batch script (no
+    widget, not a module) is installed in a sub-folder instead (issue 34), and finds the Lib one level up."""
+    assert "ACTIONPlusPlusBatch.py" not in module_sets["MODULE_PYTHON_SCRIPTS"]
+    assert module_sets["MODULE_BATCH_SCRIPTS"] == ["ACTIONPlusPlusBatch.py"]
+    text = " ".join(_strip_comments((MODULE_DIR / "CMakeLists.txt").read_text()).split())
+    call = re.search(r"ctkMacroCompilePythonScript\( TARGET_NAME \$\{MODULE_NAME\}Batch (.*?)\)", text)
+    assert call, "the batch script needs its own ctkMacroCompilePythonScript"
+    for keyword in ('SCRIPTS "${MODULE_BATCH_SCRIPTS}"', "SOURCE_DIR ${CMAKE_CURRENT_SOURCE_DIR}",
+                    "DESTINATION_DIR ${CMAKE_BINARY_DIR}/${Slicer_QTSCRIPTEDMODULES_LIB_DIR}/${MODULE_NAME}Scripts",
+                    "INSTALL_DIR ${Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR}/${MODULE_NAME}Scripts"):
+        assert keyword in call.group(1), keyword
+    batch = (MODULE_DIR / "ACTIONPlusPlusBatch.py").read_text()
+    assert "here.parent" in batch  # installed: .../qt-scripted-modules/ACTIONPlusPlusScripts -> the Lib beside it
 
 
 def test_every_module_resource_is_listed(module_sets):

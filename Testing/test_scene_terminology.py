@@ -21,10 +21,25 @@ def test_codes_and_colours_match_spec():
     la, = terminology.classes("la")
     assert (la.value, la.code, la.rgb) == (1, "82471001", (221, 129, 37))
     rv, myo, lv = terminology.classes("acdc")
-    assert (rv.value, rv.code, rv.rgb) == (1, "53085002", (181, 85, 57))
-    assert (myo.value, myo.code, myo.rgb) == (2, "74281007", (192, 104, 88))
-    assert (lv.value, lv.code, lv.rgb) == (3, "87878005", (152, 55, 13))
+    assert (rv.value, rv.code, rv.rgb) == (1, "53085002", (61, 126, 220))
+    assert (myo.value, myo.code, myo.rgb) == (2, "74281007", (241, 196, 48))
+    assert (lv.value, lv.code, lv.rgb) == (3, "87878005", (214, 48, 49))
     assert terminology.CATEGORY == ("SCT", "123037004", "Anatomical Structure")
+
+
+def test_lv_myo_and_rv_colours_are_told_apart():
+    """Three distinct hues, far apart (issue 34): the former three browns were at most ~55 RGB apart and
+    within 15 degrees of hue.  Red, yellow and blue: also apart for red-green colour-blind eyes."""
+    import colorsys
+
+    infos = terminology.classes("acdc")
+    hues = sorted(colorsys.rgb_to_hsv(*info.color)[0] * 360 for info in infos)
+    gaps = [b - a for a, b in zip(hues, hues[1:])] + [360 - hues[-1] + hues[0]]
+    assert min(gaps) >= 40, hues
+    for a in infos:
+        for b in infos:
+            if a is not b:
+                assert sum((x - y) ** 2 for x, y in zip(a.rgb, b.rgb)) ** 0.5 >= 120, (a.name, b.name)
 
 
 def test_names_and_synonyms():

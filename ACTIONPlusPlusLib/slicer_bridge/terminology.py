@@ -1,7 +1,9 @@
 """Segment names, synonyms, colours and SNOMED CT codes of each preset's classes.
 
-Shared by the scene bridge and the GUI; imports nothing from Slicer.  Colours and codes
-follow ``shared/spec/SLICER.md``.  A segment is matched to a class BY NAME (case-insensitive, with the
+Shared by the scene bridge and the GUI; imports nothing from Slicer.  Codes follow
+``shared/spec/SLICER.md``; the colours of LV, Myo and RV do not (issue 34): the spec's three browns
+(Slicer's general-anatomy colours) cannot be told apart in a short-axis overlay, so LV is red, Myo
+yellow and RV blue, the usual cardiac-MRI contouring colours.  LA keeps its colour.  A segment is matched to a class BY NAME (case-insensitive, with the
 usual synonyms, ignoring ``_``/``-``/extra spaces) or, failing that, by the SNOMED code of its
 terminology entry; never by its position in the segmentation.
 
@@ -58,17 +60,17 @@ _LA = ClassInfo(
      "left atrium blood pool", "la blood pool", "la cavity"),
 )
 _RV = ClassInfo(
-    1, "RV", "Right ventricle of heart", "53085002", (181, 85, 57),
+    1, "RV", "Right ventricle of heart", "53085002", (61, 126, 220),
     ("rv", "right ventricle", "right ventricle of heart", "right ventricular", "rv blood pool",
      "rv cavity", "right ventricle cavity", "right ventricular cavity", "right ventricular blood pool"),
 )
 _MYO = ClassInfo(
-    2, "Myo", "Myocardium", "74281007", (192, 104, 88),
+    2, "Myo", "Myocardium", "74281007", (241, 196, 48),
     ("myo", "myocardium", "lv myocardium", "left ventricular myocardium", "myocardium of left ventricle",
      "left ventricle myocardium", "lv myo", "lvm", "myocardium of heart", "heart muscle"),
 )
 _LV = ClassInfo(
-    3, "LV", "Left ventricle of heart", "87878005", (152, 55, 13),
+    3, "LV", "Left ventricle of heart", "87878005", (214, 48, 49),
     ("lv", "left ventricle", "left ventricle of heart", "left ventricular", "lv blood pool",
      "lv cavity", "left ventricle cavity", "left ventricular cavity", "left ventricular blood pool",
      "lv bp", "lvbp"),
@@ -107,7 +109,10 @@ def normalize_name(name: str) -> str:
 def class_value_for_segment_name(preset: str, name: str) -> int | None:
     """The class value a segment called ``name`` stands for in ``preset``, or None.
 
-    Matches the canonical name, the SNOMED meaning or a synonym, case-insensitively.
+    Matches the canonical name, the SNOMED meaning or a synonym, case-insensitively; failing that, a
+    name that IS a class value: "1", "2", "3" (how label files are often named) or "Label_3" (Slicer's
+    name for value 3 of a labelmap imported without a colour table).  Never "Segment_N": that number is
+    only the order in which segments were painted.
     """
     key = normalize_name(name)
     if not key:
@@ -117,6 +122,9 @@ def class_value_for_segment_name(preset: str, name: str) -> int | None:
         candidates.update(normalize_name(s) for s in info.synonyms)
         if key in candidates:
             return info.value
+    number = re.fullmatch(r"(?:label ?)?(\d+)", key)
+    if number and int(number.group(1)) in class_values(preset):
+        return int(number.group(1))
     return None
 
 
