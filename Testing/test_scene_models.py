@@ -80,7 +80,9 @@ def test_a_renamed_or_kept_prediction_is_never_updated(sample, tmp_path):
     second, _ = _predict(scene, volume, tmp_path, 1)
     assert second.segmentation_node is not first.segmentation_node and not second.updated
     assert np.array_equal(label_from_node(first.segmentation_node, volume, "acdc"), first_labels)
-    node_selection.keep_prediction(second.segmentation_node)
+    node_selection.keep_prediction(second.segmentation_node)  # "Add as labeled" / "Add labeled case"
+    node_selection.keep_prediction(volume)  # not a prediction: left untouched
+    assert volume.GetAttribute(node_selection.KEPT_ATTRIBUTE) is None
     third, _ = _predict(scene, volume, tmp_path, 3)
     assert third.segmentation_node not in (first.segmentation_node, second.segmentation_node)
     assert len(_predictions(scene, volume)) == 3

@@ -74,6 +74,7 @@ class CaseListsMixin:
         problem, mapping = node_selection.label_summary(segmentation, self._preset(), self._panelSettings().label_mapping)
         if problem:
             return self.showError(problem)
+        node_selection.keep_prediction(segmentation)  # a corrected prediction: never updated by the next one
         self._parameterNode.labeledPairs = self._labeledPairs() + [(volume, segmentation)]
         text = _("Added labeled case {volume} + {segmentation}: {mapping}.").format(
             volume=volume.GetName(), segmentation=segmentation.GetName(), mapping=mapping)

@@ -102,8 +102,10 @@ def mark_sources(imports: Iterable[Any], preset: str | None = None, model: str |
 
 
 def keep_prediction(segmentation_node: Any) -> None:
-    """The user keeps this prediction (made it a labeled case): a later prediction never updates it."""
-    segmentation_node.SetAttribute(KEPT_ATTRIBUTE, "1")
+    """The user keeps this prediction (made it a labeled case): a later prediction never updates it.
+    Nodes that are not our predictions are left untouched (nothing would update them anyway)."""
+    if segmentation_node is not None and segmentation_node.GetAttribute(SOURCE_VOLUME_ATTRIBUTE):
+        segmentation_node.SetAttribute(KEPT_ATTRIBUTE, "1")
 
 
 def previous_prediction(scene: Any, volume_node: Any, preset: str) -> Any:
