@@ -116,7 +116,8 @@ class RunWatchMixin:
         skipped = [i.message for i in imports if i.message]
         for text in skipped:
             self.appendLog(text)
-        message = _("Finished: {count} segmentation(s) added.").format(count=len(added))
+        message = _("Finished: {count} segmentation(s) added, {updated} of them updated in place.").format(
+            count=len(added), updated=sum(1 for i in imports if i.updated))
         if skipped:
             self.showError(" ".join([message, *skipped]))
         else:
