@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-__all__ = ["MIN_PRETRAIN_PHASE", "Layout", "layout", "phase_lengths", "iterations_for_minutes",
+__all__ = ["MIN_PRETRAIN_PHASE", "Layout", "cached_pretraining_iterations", "layout", "phase_lengths", "iterations_for_minutes",
            "DEFAULT_SECONDS_PER_ITERATION"]
 
 # A pre-training phase shorter than this is dropped: its queues (36 entries, filled 8 per iteration)
@@ -69,9 +69,28 @@ def layout(total: int, warmup_fraction: float, joint_fraction: float, pretrain_f
     return Layout(warmup, joint, total - warmup - joint, notes)
 
 
+def cached_pretraining_iterations(cfg) -> int:
+    """Iterations of the cached pre-training (``pretrain_cache_iterations``; 0 = none).
+
+    -1 (automatic): the paper's ratio of pre-training to fine-tuning applied to the run's fine-tuning,
+    which is then the whole budget: ``budget * p / (1 - p)`` with ``p`` the pre-training fractions
+    (ACDC 10K : 20K, half the budget; LA 5K : 15K, a third); with explicit counts (``budget_iterations
+    = 0``) the preset's own pre-training counts (the paper's protocol, pre-trained once).
+    """
+    n = int(getattr(cfg, "pretrain_cache_iterations", 0))
+    if n >= 0:
+        return n
+    if int(cfg.budget_iterations) > 0:
+        share = float(cfg.budget_warmup_fraction) + float(cfg.budget_joint_fraction)
+        if share <= 0.0 or share >= 1.0:
+            return 0
+        return int(round(int(cfg.budget_iterations) * share / (1.0 - share)))
+    return int(cfg.pretrain_warmup_iterations) + int(cfg.pretrain_joint_iterations)
+
+
 def phase_lengths(cfg) -> Layout:
     """The (warm-up, joint, fine-tuning) lengths of ``cfg``: from its budget, or its explicit counts."""
-    if int(getattr(cfg, "pretrain_cache_iterations", 0)) > 0:  # pre-trained once, apart (training/pretrain_cache.py)
+    if cached_pretraining_iterations(cfg) > 0:  # pre-trained once, apart (training/pretrain_cache.py)
         total = int(cfg.budget_iterations) if int(cfg.budget_iterations) > 0 else int(cfg.finetune_iterations)
         return Layout(0, 0, total)
     if int(cfg.budget_iterations) > 0:

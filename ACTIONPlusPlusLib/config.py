@@ -314,6 +314,9 @@ class Config:
             raise ValueError(f"mix_partner must be 'labeled' or 'unlabeled', got {self.mix_partner!r}")
         if self.pseudo_loss not in ("pixel", "image"):
             raise ValueError(f"pseudo_loss must be 'pixel' or 'image', got {self.pseudo_loss!r}")
+        if int(self.pretrain_cache_iterations) < -1:
+            raise ValueError(f"pretrain_cache_iterations must be -1 (automatic), 0 (off) or a number of iterations, "
+                             f"got {self.pretrain_cache_iterations}")
         if self.reliability_source not in ("agreement", "labeled"):
             raise ValueError(f"reliability_source must be 'agreement' or 'labeled', got {self.reliability_source!r}")
         if self.pseudo_threshold_mode not in ("classwise", "fixed", "balanced"):

@@ -7,6 +7,7 @@ lists it: see ``Testing/strict_skips.py``."""
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,10 @@ pytest_plugins = ("strict_skips",)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("ACTIONPP_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+# Cached pre-training (training/pretrain_cache.py) goes to a folder of this test session, never the
+# user's cache.
+os.environ.setdefault("ACTIONPP_CACHE_DIR", tempfile.mkdtemp(prefix="actionpp-test-cache-"))
 
 # Keep CPU tests quick and reproducible on the 2-core CI machine.
 torch.set_num_threads(min(2, os.cpu_count() or 1))

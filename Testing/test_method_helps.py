@@ -1,22 +1,26 @@
-"""ACTION++ must beat supervised-only where the product promises it (issue 14, item 2).
+"""ACTION++ must beat supervised-only where the product promises it, and its semi-supervised terms must
+not undo what copy-paste gives.
 
 The panel's quick budget on real ACDC scans (64x64, 600 iterations, 3 labeled patients; the
-configuration of ``bench/small_acdc.py``), two seeds.  Both arms get the same labeled slices,
-iterations, seed and network; ACTION++ also gets the other training slices without labels.  Scored
-on the 20 validation volumes.
+configuration of ``bench/small_acdc.py``), two seeds, three arms of the ablation bench
+(bench/ablation.py): ACTION++ as shipped, supervised-only, and paste-only (ACTION++'s fine-tuning with
+the pseudo-label, AnCo and SAACL weights at 0: labeled ground truth pasted into unlabeled images).
+Same labeled slices, iterations, seed and network; scored on the 20 validation volumes.
 
-Margins, from the measurements (one thread, ``bench/small_acdc.py --seeds 1337,1``): ACTION++
-60.07 / 60.07 against supervised-only 48.78 / 52.01, i.e. +11.29 and +8.06 points (with the exact
-distribution alignment, ``alignment_tolerance=1``: 61.47 / 60.18; with one copy-paste direction as
-well, ``mix_bidirectional=false``: 58.13 / 59.35; with the pasted labeled pixels taught by CE
-alone as well, ``pasted_dice=false``: 54.13 / 56.20, +5.35 and +4.19).  The
-supervised model is exported with BatchNorm statistics re-estimated on clean images
-(training/export.py); before that fix it scored 44.84 / 33.31.  The test asks for the issue's +5 on
-the mean and +3 on each seed: room for the run-to-run noise of another thread count, while the spec's
-configuration (9.30 against 40.86 at seed 1337) fails it by far.  About 6 minutes on two cores.
+Margins, from the measurements (one thread, ``bench/small_acdc.py --arms all --seeds 1337,1,2``, see
+docs/BENCHMARKS.md): ACTION++ 58.63 / 61.60 against supervised-only 50.09 / 54.38 at seeds 1337 / 1;
+paste-only 61.03 / 59.24.  The test asks for +3 per seed and +5 on the mean over supervised-only
+(the spec's configuration, 9.30 against 40.86 at seed 1337, fails it by far), for paste-only +3 over
+supervised-only on the mean (the copy-paste with unlabeled images works), and for ACTION++ within 3
+points of paste-only on the mean: at this budget its pseudo-labels add about one point and AnCo and
+SAACL do not measurably help (docs/DESIGN.md), but a term that teaches wrong labels (a collapsed
+teacher, pseudo-labels from the student) costs far more than that.  About 15 minutes on two cores.
 """
 
 from __future__ import annotations
+
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -26,9 +30,14 @@ from ACTIONPlusPlusLib.evaluation import evaluate_cases
 from ACTIONPlusPlusLib.model_io import load_model
 from ACTIONPlusPlusLib.training import train
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+import ablation  # noqa: E402
+
 SEEDS = (1337, 1)
 PER_SEED_MARGIN = 0.03
 MEAN_MARGIN = 0.05
+PASTE_MARGIN = 0.03
+PASTE_TOLERANCE = 0.03
 
 
 @pytest.mark.slow
@@ -38,16 +47,18 @@ def test_actionpp_beats_supervised_only_at_the_quick_budget(acdc_root, tmp_path)
     train_set = load_dataset(acdc_root, base, labeled=3, splits=("train",))
     val = load_dataset(acdc_root, base, splits=("val",)).val
     assert len(val) == 20 and train_set.unlabeled
-    dice: dict[str, list[float]] = {"actionpp": [], "supervised": []}
+    dice: dict[str, list[float]] = {"actionpp": [], "supervised": [], "paste_only": []}
     for seed in SEEDS:
-        for mode in dice:
-            cfg = base.replace(mode=mode, seed=seed)
-            result = train(cfg, train_set.labeled, train_set.unlabeled if mode == "actionpp" else [],
-                           tmp_path / f"{seed}-{mode}")
+        for arm in dice:
+            cfg = ablation.arm_config(base, arm, seed, {}, {})
+            result = train(cfg, train_set.labeled, train_set.unlabeled if ablation.uses_unlabeled(arm) else [],
+                           tmp_path / f"{seed}-{arm}")
             model, model_cfg = load_model(result.model_path)
-            dice[mode].append(evaluate_cases(model, model_cfg, val).summary["mean"]["dice"])
-    report = {mode: [round(100 * v, 2) for v in values] for mode, values in dice.items()}
+            dice[arm].append(evaluate_cases(model, model_cfg, val).summary["mean"]["dice"])
+    report = {arm: [round(100 * v, 2) for v in values] for arm, values in dice.items()}
     for ours, theirs in zip(dice["actionpp"], dice["supervised"]):
         assert ours >= theirs + PER_SEED_MARGIN, report
-    mean = {mode: sum(values) / len(values) for mode, values in dice.items()}
+    mean = {arm: sum(values) / len(values) for arm, values in dice.items()}
     assert mean["actionpp"] >= mean["supervised"] + MEAN_MARGIN, report
+    assert mean["paste_only"] >= mean["supervised"] + PASTE_MARGIN, report
+    assert mean["actionpp"] >= mean["paste_only"] - PASTE_TOLERANCE, report

@@ -124,3 +124,26 @@ def test_the_panel_says_whether_pretraining_is_reused_or_made() -> None:
     line = tracker.handle({"event": "pretraining", "cached": False, "path": "/c/acdc-1.pt", "iterations": 300,
                            "resumed": True})
     assert "resuming" in tracker.status and "later runs" in line
+
+
+def test_automatic_length_is_the_papers_ratio_of_pretraining_to_fine_tuning() -> None:
+    from ACTIONPlusPlusLib.budget import cached_pretraining_iterations
+
+    acdc = preset("acdc", pretrain_cache_iterations=-1)
+    assert cached_pretraining_iterations(acdc.replace(budget_iterations=600)) == 300  # 10K : 20K
+    lengths = acdc.replace(budget_iterations=600).phase_lengths()
+    assert (lengths.warmup, lengths.joint, lengths.finetune) == (0, 0, 600)  # the whole budget fine-tunes
+    assert cached_pretraining_iterations(acdc) == 10000  # the paper's explicit counts, pre-trained once
+    la = preset("la", pretrain_cache_iterations=-1, budget_iterations=400)
+    assert cached_pretraining_iterations(la) == 133  # 5K : 15K
+    assert cached_pretraining_iterations(acdc.replace(budget_iterations=600, budget_warmup_fraction=0.0,
+                                                      budget_joint_fraction=0.0)) == 0
+    assert cached_pretraining_iterations(acdc.replace(pretrain_cache_iterations=0, budget_iterations=600)) == 0
+    # the entry's key holds the resolved length: automatic and explicit 300 are the same pre-training
+    images = cardiac_phantom_dataset(num_labeled=1, num_unlabeled=1, seed=1, num_slices=1, size=(32, 32))
+    auto = acdc.replace(budget_iterations=600)
+    assert pretrain_cache.cache_key(auto, images.labeled, images.unlabeled) == \
+        pretrain_cache.cache_key(auto.replace(pretrain_cache_iterations=300, budget_iterations=50),
+                                 images.labeled, images.unlabeled)
+    with pytest.raises(ValueError):
+        preset("acdc", pretrain_cache_iterations=-2)

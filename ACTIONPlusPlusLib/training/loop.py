@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from .. import distributed as dist_utils
+from ..budget import cached_pretraining_iterations
 from ..config import Config
 from ..data.types import Case
 from ..device import amp_description, amp_dtype, grad_scaler
@@ -498,7 +499,7 @@ def train(cfg: Config, labeled: list[Case], unlabeled: list[Case], out_dir: str 
             trainer.load_state_dict(load_checkpoint(resume_path, map_location="cpu"))
         elif init_model is not None:
             _load_init_weights(trainer, Path(init_model))
-        elif cfg.mode == "actionpp" and cfg.pretrain_cache_iterations > 0:
+        elif cfg.mode == "actionpp" and cached_pretraining_iterations(cfg) > 0:
             pretrained = _cached_pretraining(cfg, labeled, unlabeled, callback, should_stop, trainer.device)
             if pretrained is None:  # stopped while pre-training: its own checkpoint resumes next time
                 return TrainResult(None, checkpoint_path, out_dir / "config.json", True, 0, warnings)

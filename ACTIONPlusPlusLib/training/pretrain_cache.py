@@ -28,6 +28,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from ..budget import cached_pretraining_iterations
 from ..data.types import Case
 from ..errors import ModelFileError
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -71,13 +72,14 @@ def images_fingerprint(cases: Sequence[Case]) -> str:
 
 def cache_key(cfg, labeled: Sequence[Case], unlabeled: Sequence[Case]) -> str:
     settings = {k: getattr(cfg, k) for k in PRETRAIN_KEYS}
+    settings["pretrain_cache_iterations"] = cached_pretraining_iterations(cfg)  # -1 (automatic) resolved
     text = json.dumps({"images": images_fingerprint([*labeled, *unlabeled]), "settings": settings}, sort_keys=True)
     return f"{cfg.preset}-{hashlib.blake2b(text.encode(), digest_size=12).hexdigest()}"
 
 
 def pretraining_config(cfg):
     """The config of the pre-training run behind a cache entry: the two pre-training phases only."""
-    n = int(cfg.pretrain_cache_iterations)
+    n = cached_pretraining_iterations(cfg)
     return cfg.replace(budget_iterations=0, pretrain_warmup_iterations=n // 2, pretrain_joint_iterations=n - n // 2,
                        finetune_iterations=0, pretrain_cache_iterations=0, checkpoint_every=min(cfg.checkpoint_every, 250))
 
@@ -90,7 +92,7 @@ class CacheEntry:
         key = cache_key(cfg, labeled, unlabeled)
         self.path = folder / f"{key}.pt"
         self.work = folder / f"{key}.work"
-        self.iterations = int(cfg.pretrain_cache_iterations)
+        self.iterations = cached_pretraining_iterations(cfg)
 
     def read(self) -> tuple[dict[str, torch.Tensor] | None, str | None]:
         """``(student state dict, None)``, or ``(None, why not)`` when there is none or it is unusable."""
