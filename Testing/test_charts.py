@@ -8,7 +8,7 @@ import pytest
 
 slicer = pytest.importorskip("slicer", reason="slicer-core is not installed (pip install slicer-core==5.11.0.6)")
 
-from ACTIONPlusPlusLib.slicer_bridge import charts  # noqa: E402
+from ACTIONPlusPlusLib.slicer_bridge import charts, terminology  # noqa: E402
 from ACTIONPlusPlusLib.slicer_bridge.panel.run_progress import LossHistory  # noqa: E402
 
 STREAM = [
@@ -59,7 +59,8 @@ def test_table_and_charts_from_a_recorded_event_stream():
     pseudo = series(chart.pseudo_labels)
     assert set(pseudo) == {f"{k} {c}" for k in ("pseudo", "labeled") for c in ("RV", "Myo", "LV")} | {"mask fraction"}
     assert pseudo["labeled Myo"].GetLineStyle() == slicer.vtkMRMLPlotSeriesNode.LineStyleDash
-    assert pseudo["pseudo Myo"].GetColor() == pytest.approx((192 / 255, 104 / 255, 88 / 255))
+    myo = next(info for info in terminology.all_classes() if info.name == "Myo")
+    assert pseudo["pseudo Myo"].GetColor() == pytest.approx(myo.color)  # the segment's own colour
     charts.update_training_chart(scene, chart, history)  # idempotent: no duplicate series
     assert chart.losses.GetNumberOfPlotSeriesNodes() == 3
 

@@ -381,6 +381,7 @@ def test_predict_goes_on_past_a_damaged_input_and_ends_with_a_summary(tmp_path, 
 
 _PREDICT_AND_SIGNAL = """
 import os, signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal (a background job inherits it ignored)
 from ACTIONPlusPlusLib import cli, inference
 real = inference.predict_case
 calls = []

@@ -7,14 +7,17 @@ configuration of ``bench/small_acdc.py``), two seeds, three arms of the ablation
 the pseudo-label, AnCo and SAACL weights at 0: labeled ground truth pasted into unlabeled images).
 Same labeled slices, iterations, seed and network; scored on the 20 validation volumes.
 
-Margins, from the measurements (one thread, ``bench/small_acdc.py --arms all --seeds 1337,1,2``, see
-docs/BENCHMARKS.md): ACTION++ 58.63 / 61.60 against supervised-only 50.09 / 54.38 at seeds 1337 / 1;
-paste-only 61.03 / 59.24.  The test asks for +3 per seed and +5 on the mean over supervised-only
-(the spec's configuration, 9.30 against 40.86 at seed 1337, fails it by far), for paste-only +3 over
-supervised-only on the mean (the copy-paste with unlabeled images works), and for ACTION++ within 3
-points of paste-only on the mean: at this budget its pseudo-labels add about one point and AnCo and
-SAACL do not measurably help (docs/DESIGN.md), but a term that teaches wrong labels (a collapsed
-teacher, pseudo-labels from the student) costs far more than that.  About 15 minutes on two cores.
+Margins, from the measurements. This test's own six runs (two threads, 2026-12-06, the models scored
+afterwards): ACTION++ 60.92 / 60.76, paste-only 59.26 / 58.04, supervised-only 49.85 / 52.38 at seeds
+1337 / 1.  One thread (``bench/small_acdc.py --arms all --seeds 1337,1,2``, docs/BENCHMARKS.md): ACTION++
+58.63 / 61.60, paste-only 61.03 / 59.24, supervised-only 50.09 / 54.38.  The test asks for +3 per seed
+and +5 on the mean over supervised-only (the spec's configuration, 9.30 against 40.86 at seed 1337,
+fails it by far); at seed 1337 for paste-only +3 over supervised-only (the copy-paste with unlabeled
+images works) and for ACTION++ within 3 points of paste-only: at this budget its pseudo-labels add
+about a point and AnCo and SAACL do not measurably help (docs/DESIGN.md), and one thread's rounding
+alone moved ACTION++ from 1.7 above paste-only to 2.4 below it at seed 1337, but a term that teaches
+wrong labels (a collapsed teacher, pseudo-labels from the student) costs far more than that.  About 15
+minutes on two cores (an AMD EPYC without AVX-512; with paste-only at both seeds it took 19).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ import ablation  # noqa: E402
 SEEDS = (1337, 1)
 PER_SEED_MARGIN = 0.03
 MEAN_MARGIN = 0.05
+PASTE_SEEDS = (1337,)  # paste-only at one seed: each quick ACTION++ arm is ~4.5 min of CI on two cores
 PASTE_MARGIN = 0.03
 PASTE_TOLERANCE = 0.03
 
@@ -50,6 +54,8 @@ def test_actionpp_beats_supervised_only_at_the_quick_budget(acdc_root, tmp_path)
     dice: dict[str, list[float]] = {"actionpp": [], "supervised": [], "paste_only": []}
     for seed in SEEDS:
         for arm in dice:
+            if arm == "paste_only" and seed not in PASTE_SEEDS:
+                continue
             cfg = ablation.arm_config(base, arm, seed, {}, {})
             result = train(cfg, train_set.labeled, train_set.unlabeled if ablation.uses_unlabeled(arm) else [],
                            tmp_path / f"{seed}-{arm}")
@@ -60,5 +66,6 @@ def test_actionpp_beats_supervised_only_at_the_quick_budget(acdc_root, tmp_path)
         assert ours >= theirs + PER_SEED_MARGIN, report
     mean = {arm: sum(values) / len(values) for arm, values in dice.items()}
     assert mean["actionpp"] >= mean["supervised"] + MEAN_MARGIN, report
-    assert mean["paste_only"] >= mean["supervised"] + PASTE_MARGIN, report
-    assert mean["actionpp"] >= mean["paste_only"] - PASTE_TOLERANCE, report
+    first = {arm: values[0] for arm, values in dice.items()}  # the paste-only seed
+    assert first["paste_only"] >= first["supervised"] + PASTE_MARGIN, report
+    assert first["actionpp"] >= first["paste_only"] - PASTE_TOLERANCE, report
