@@ -145,14 +145,19 @@ def _old_run(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in folder.iterdir()}
 
 
+def _overwrite_from(init, out, data, capsys) -> tuple[int, str]:
+    """``train --init-model INIT --overwrite`` into ``out`` (which holds a run): exit code and stderr."""
+    code = main(["train", "--preset", "acdc", "--data", str(data), "--out", str(out), "--labeled", "2",
+                 "--init-model", str(init), "--overwrite", *TINY])
+    return code, capsys.readouterr().err
+
+
 def test_damaged_init_model_exits_2_and_leaves_the_old_run_in_place(tmp_path, data, capsys):
     init = _model_file(tmp_path / "init.pt")
     _flip_inside_a_weight(init, float("inf"))
     out = tmp_path / "run"
     before = _old_run(out)
-    code = main(["train", "--preset", "acdc", "--data", str(data), "--out", str(out), "--labeled", "2",
-                 "--init-model", str(init), "--overwrite", *TINY])
-    err = capsys.readouterr().err
+    code, err = _overwrite_from(init, out, data, capsys)
     assert code == 2, err
     assert str(init) in err and "damaged" in err and "learning rate" not in err
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing moved aside
@@ -474,9 +479,7 @@ def test_init_model_for_another_network_is_refused_before_overwrite_moves_the_ru
     init = save_model(tmp_path / "init8.pt", build_network(cfg), cfg)
     out = tmp_path / "run"
     before = _old_run(out)
-    code = main(["train", "--preset", "acdc", "--data", str(data), "--out", str(out), "--labeled", "2",
-                 "--init-model", str(init), "--overwrite", *TINY])
-    err = capsys.readouterr().err
+    code, err = _overwrite_from(init, out, data, capsys)
     assert code == 2, err
     assert "cannot warm-start from" in err and str(init) in err
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
