@@ -63,6 +63,7 @@ from ACTIONPlusPlusLib.slicer_bridge.panel import (  # noqa: E402  (needs the pa
 )
 from ACTIONPlusPlusLib.slicer_bridge import blocking_run, module_jobs, samples, terminology_context  # noqa: E402
 from ACTIONPlusPlusPanel.case_lists import CaseListsMixin  # noqa: E402
+from ACTIONPlusPlusPanel.model_list import ModelListMixin  # noqa: E402
 from ACTIONPlusPlusPanel.run_watch import CloseGuard, RunWatchMixin  # noqa: E402
 
 POLL_INTERVAL_MS = 500
@@ -176,7 +177,8 @@ class ACTIONPlusPlusParameterNode:
     outputFolder: Path
     continueTraining: bool = False
     modelPath: Path
-    predictVolume: vtkMRMLScalarVolumeNode
+    warmStartModel: Path  # picked in the model list: "continue" starts from it
+    predictVolumes: list[vtkMRMLScalarVolumeNode]  # ticked in the Prediction list: one job predicts them all
     confidence: bool = False
     labeledPairs: list[tuple[vtkMRMLScalarVolumeNode, Union[vtkMRMLSegmentationNode, vtkMRMLLabelMapVolumeNode]]]
     labelMapping: Annotated[str, Choice(["by name", "by label value"])] = "by name"
@@ -187,9 +189,9 @@ class ACTIONPlusPlusParameterNode:
 # -------------------- ACTIONPlusPlusWidget
 
 
-class ACTIONPlusPlusWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, CaseListsMixin, RunWatchMixin):
-    """The panel: wiring between the .ui, the parameter node and the logic (the case lists and the run
-    being watched are in ACTIONPlusPlusPanel/)."""
+class ACTIONPlusPlusWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, CaseListsMixin, RunWatchMixin, ModelListMixin):
+    """The panel: wiring between the .ui, the parameter node and the logic (the case lists, the run being
+    watched and the model list are in ACTIONPlusPlusPanel/)."""
 
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
@@ -216,6 +218,7 @@ class ACTIONPlusPlusWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, Ca
         self._probeTimer = self._newTimer(POLL_INTERVAL_MS, self.onPollDeviceProbe)  # torch is asked in a child
         self._observeScene()
         self._connectButtons()
+        self._connectModelList()
         # the live chart: Slicer's plot widget (the .ui holds its container) on a plot view node of our own
         self.plotWidget = slicer.qMRMLPlotWidget()
         self.plotWidget.setMRMLScene(slicer.mrmlScene)
@@ -246,6 +249,7 @@ class ACTIONPlusPlusWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, Ca
         self.ui.addPairButton.connect("clicked(bool)", self.onAddPair)
         self.ui.removePairButton.connect("clicked(bool)", self.onRemovePairs)
         self.ui.unlabeledListWidget.connect("itemChanged(QListWidgetItem*)", self.onUnlabeledItemChanged)
+        self.ui.predictListWidget.connect("itemChanged(QListWidgetItem*)", self.onPredictItemChanged)
         self.ui.trainButton.connect("clicked(bool)", self.onTrainButton)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
         self.ui.predictButton.connect("clicked(bool)", self.onPredictButton)
@@ -345,6 +349,7 @@ class ACTIONPlusPlusWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, Ca
         finally:
             self._updatingGUI = False
         self.updateCaseLists()
+        self.updateModelList()  # rescanned when the output folder changed
         self.updateButtons()
 
     def _checkOutputFolder(self, folder: str) -> None:
@@ -386,6 +391,7 @@ class ACTIONPlusPlusWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, Ca
             output_root=str(p.outputFolder),
             confidence=p.confidence,
             label_mapping=job_options.label_mapping(p.labelMapping),
+            warm_start_model="" if str(p.warmStartModel) in ("", ".") else str(p.warmStartModel),
         )
 
     def onTrainButton(self) -> None:
@@ -413,7 +419,7 @@ class ACTIONPlusPlusWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, Ca
     def _preparePrediction(self) -> Path:
         p = self._parameterNode
         self.logic.ensureDependencies(log=self.appendLog)
-        volumes = [p.predictVolume] if p.predictVolume else []
+        volumes = self._predictVolumes()
         with _waitCursor():
             return module_jobs.prepare_prediction_job(slicer.mrmlScene, volumes, str(p.modelPath), self._panelSettings())
 
@@ -444,7 +450,7 @@ class ACTIONPlusPlusWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, Ca
         for widget in (
             self.ui.inputsCollapsibleButton, self.ui.trainButton, self.ui.budgetComboBox, self.ui.deviceComboBox,
             self.ui.outputFolderPathLineEdit, self.ui.continueCheckBox, self.ui.predictButton, self.ui.addAsLabeledButton,
-            self.ui.modelPathLineEdit, self.ui.predictVolumeSelector, self.ui.confidenceCheckBox,
+            self.ui.modelPathLineEdit, self.ui.predictListWidget, self.ui.confidenceCheckBox, self.ui.modelsCollapsibleButton,
         ):
             widget.enabled = not running
         custom = not running and self._parameterNode is not None and self._parameterNode.budgetMode == "custom"
@@ -579,15 +585,3 @@ class ACTIONPlusPlusLogic(ScriptedLoadableModuleLogic):
         """Run a job to the end (the self-test, the Python console). ``callback`` gets every event."""
         worker = self.startWorker(jobPath, device)
         return blocking_run.run_to_end(worker, timeout, callback, idle=lambda: slicer.app is not None and slicer.app.processEvents())
-
-    @staticmethod
-    def showResults(imports: list) -> None:
-        """Show the last prediction over its volume in the slice views."""
-        shown = [i for i in imports if i.segmentation_node is not None and i.volume_node is not None]
-        if not shown or slicer.app.layoutManager() is None:
-            return
-        last = shown[-1]
-        slicer.util.setSliceViewerLayers(background=last.volume_node, fit=True)
-        displayNode = last.segmentation_node.GetDisplayNode()
-        if displayNode is not None:
-            displayNode.SetVisibility(True)

@@ -217,7 +217,7 @@ def test_conventional_classes(tree, test_tree):
     classes = {node.name: [ast.unparse(b) for b in node.bases] for node in tree.body if isinstance(node, ast.ClassDef)}
     assert classes["ACTIONPlusPlus"] == ["ScriptedLoadableModule"]
     assert classes["ACTIONPlusPlusWidget"][:2] == ["ScriptedLoadableModuleWidget", "VTKObservationMixin"]
-    assert set(classes["ACTIONPlusPlusWidget"][2:]) == {"CaseListsMixin", "RunWatchMixin"}  # ACTIONPlusPlusPanel/
+    assert set(classes["ACTIONPlusPlusWidget"][2:]) == {"CaseListsMixin", "RunWatchMixin", "ModelListMixin"}  # ACTIONPlusPlusPanel/
     assert classes["ACTIONPlusPlusLogic"] == ["ScriptedLoadableModuleLogic"]
     assert "ACTIONPlusPlusTest" not in classes, "the Test class lives in Testing/Python (Slicer's layout)"
     test_classes = {node.name: [ast.unparse(b) for b in node.bases] for node in test_tree.body if isinstance(node, ast.ClassDef)}
@@ -360,7 +360,7 @@ def test_ui_bindings_match_the_parameter_node(tree, ui):
     unknown = sorted(set(bindings) - set(fields))
     assert not unknown, f"SlicerParameterName without a parameter: {unknown}"
     for name in ("preset", "budgetMode", "customBudget", "customBudgetUnit", "device", "outputFolder", "continueTraining",
-                 "modelPath", "confidence", "predictVolume", "showPseudoLabels"):
+                 "modelPath", "confidence", "showPseudoLabels"):
         assert name in bindings, f"{name} is not bound to a widget"
     # a QComboBox bound to a Choice lists exactly the choices, in order
     for name, widget in bindings.items():
@@ -442,7 +442,7 @@ def render_panel(path: Path | None = None, sample: bool = True):
             unlabeled.addItem(item)
         find(QtWidgets.QComboBox, "labeledVolumeSelector").addItem("LA MRI 02")
         find(QtWidgets.QComboBox, "labeledSegmentationSelector").addItem("LA MRI 02 segmentation")
-        find(QtWidgets.QComboBox, "predictVolumeSelector").addItem("LA MRI 06")
+        find(QtWidgets.QListWidget, "predictListWidget").addItem("LA MRI 06")
         find(QtWidgets.QComboBox, "resultSegmentationSelector").addItem("LA MRI 03 ACTION++")
         find(QtWidgets.QComboBox, "budgetComboBox").setCurrentText("custom")
         find(QtWidgets.QSpinBox, "customBudgetSpinBox").setValue(60)
@@ -465,7 +465,7 @@ def render_panel(path: Path | None = None, sample: bool = True):
         find(QtWidgets.QPushButton, "cancelButton").setVisible(True)  # while running, as the widget does:
         for name in ("inputsCollapsibleButton", "trainButton", "budgetComboBox", "deviceComboBox", "outputFolderPathLineEdit",
                      "continueCheckBox", "predictButton", "addAsLabeledButton", "modelPathLineEdit",
-                     "predictVolumeSelector", "confidenceCheckBox", "customBudgetSpinBox", "customBudgetUnitComboBox"):
+                     "predictListWidget", "confidenceCheckBox", "customBudgetSpinBox", "customBudgetUnitComboBox"):
             find(QtWidgets.QWidget, name).setEnabled(False)
         tracker = run_progress.ProgressTracker()
         for event in _sample_run():

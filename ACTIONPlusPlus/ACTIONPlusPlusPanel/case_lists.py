@@ -1,5 +1,6 @@
 """The panel's case lists: the labeled (volume, segmentation or labelmap) table, the unlabeled volume
-list (opt-in: only the volumes the user checks), and "Add prediction as labeled". A mixin of ``ACTIONPlusPlusWidget`` (it uses the widget's ``ui``,
+list (opt-in: only the volumes the user checks), the volumes to predict (one job for all the ticked
+ones), and "Add prediction as labeled". A mixin of ``ACTIONPlusPlusWidget`` (it uses the widget's ``ui``,
 ``_parameterNode``, ``logic``, ``showStatus`` and ``showError``); the checks are the bridge's."""
 
 from __future__ import annotations
@@ -27,7 +28,15 @@ class CaseListsMixin:
 
     def _unlabeledVolumes(self) -> list[Any]:
         """Checked items of the unlabeled list, as nodes."""
-        items = [self.ui.unlabeledListWidget.item(row) for row in range(self.ui.unlabeledListWidget.count)]
+        return self._checkedNodes(self.ui.unlabeledListWidget)
+
+    def _predictVolumes(self) -> list[Any]:
+        """Checked items of the Prediction section's volume list, as nodes."""
+        return self._checkedNodes(self.ui.predictListWidget)
+
+    @staticmethod
+    def _checkedNodes(listWidget) -> list[Any]:
+        items = [listWidget.item(row) for row in range(listWidget.count)]
         nodes = [slicer.mrmlScene.GetNodeByID(i.data(qt.Qt.UserRole)) for i in items if i.checkState() == qt.Qt.Checked]
         return [node for node in nodes if node is not None]
 
@@ -39,7 +48,11 @@ class CaseListsMixin:
         try:
             pairs = self._labeledPairs()
             self._fillLabeledTable(pairs)
-            self._fillUnlabeledList([v.GetID() for v, _s in pairs])
+            scene = [n.GetID() for n in node_selection.candidate_volumes(slicer.mrmlScene)]
+            chosen = [n.GetID() for n in self._parameterNode.unlabeledVolumes if n is not None]
+            self._fillCheckList(self.ui.unlabeledListWidget, selection_checks.unlabeled_rows(scene, [v.GetID() for v, _s in pairs], chosen))
+            toPredict = [n.GetID() for n in self._parameterNode.predictVolumes if n is not None]
+            self._fillCheckList(self.ui.predictListWidget, selection_checks.predict_rows(scene, toPredict))
         finally:
             self._updatingGUI = False
 
@@ -50,13 +63,11 @@ class CaseListsMixin:
             table.setItem(row, 0, qt.QTableWidgetItem(volume.GetName()))
             table.setItem(row, 1, qt.QTableWidgetItem(segmentation.GetName()))
 
-    def _fillUnlabeledList(self, labeledIDs: list[str]) -> None:
-        chosen = [n.GetID() for n in self._parameterNode.unlabeledVolumes if n is not None]
-        scene = [n.GetID() for n in node_selection.candidate_volumes(slicer.mrmlScene)]
-        listWidget = self.ui.unlabeledListWidget
+    @staticmethod
+    def _fillCheckList(listWidget, rows: list[tuple[str, bool]]) -> None:
         scroll = listWidget.verticalScrollBar().value  # refilled on each change: stay where the user was
         listWidget.clear()
-        for nodeID, checked in selection_checks.unlabeled_rows(scene, labeledIDs, chosen):
+        for nodeID, checked in rows:
             item = qt.QListWidgetItem(slicer.mrmlScene.GetNodeByID(nodeID).GetName())
             item.setData(qt.Qt.UserRole, nodeID)
             item.setFlags(item.flags() | qt.Qt.ItemIsUserCheckable)
@@ -88,15 +99,22 @@ class CaseListsMixin:
         self._parameterNode.labeledPairs = [pair for row, pair in enumerate(self._labeledPairs()) if row not in rows]
 
     def onUnlabeledItemChanged(self, item) -> None:
+        self._checkListChanged(item, "unlabeledVolumes")
+
+    def onPredictItemChanged(self, item) -> None:
+        self._checkListChanged(item, "predictVolumes")
+
+    def _checkListChanged(self, item, parameter: str) -> None:
+        """A tick in a volume list: the parameter node's list of chosen volumes follows it."""
         if self._updatingGUI or self._parameterNode is None:
             return
         node = slicer.mrmlScene.GetNodeByID(item.data(qt.Qt.UserRole))
         if node is None:
             return
-        chosen = [n for n in self._parameterNode.unlabeledVolumes if n is not None and n is not node]
+        chosen = [n for n in getattr(self._parameterNode, parameter) if n is not None and n is not node]
         if item.checkState() == qt.Qt.Checked:
             chosen.append(node)
-        self._parameterNode.unlabeledVolumes = chosen
+        setattr(self._parameterNode, parameter, chosen)
 
     def onAddAsLabeled(self) -> None:
         segmentation = self.ui.resultSegmentationSelector.currentNode()

@@ -14,7 +14,7 @@ import slicer
 from slicer.i18n import tr as _
 
 from ACTIONPlusPlusLib.slicer_bridge import charts, module_jobs
-from ACTIONPlusPlusLib.slicer_bridge.panel import active_run, formatting, run_gate
+from ACTIONPlusPlusLib.slicer_bridge.panel import active_run, formatting, model_list, run_gate
 
 
 class RunWatchMixin:
@@ -92,6 +92,7 @@ class RunWatchMixin:
         if run.kind == "train" and run.tracker.seconds_per_iteration:
             self.logic.memory.remember_speed(run.preset, run.trained_device(), run.tracker.seconds_per_iteration)
             self.updateEstimate()  # the next estimate uses the measured speed
+        self._recordModel(run)
         try:
             if code == 0 and run.scene_closed:
                 self.showStatus(_("Finished. The scene was closed meanwhile: the results are in {folder}.").format(folder=run.run_folder))
@@ -102,12 +103,21 @@ class RunWatchMixin:
         finally:
             self.updateButtons()
 
+    def _recordModel(self, run: active_run.ActiveRun) -> None:
+        """A finished training's model joins the model list, its card saying the device it ran on."""
+        if run.kind == "train" and run.worker.exit_code == 0 and run.tracker.model_path:
+            try:
+                model_list.write_card(run.tracker.model_path, device=run.tracker.device or None)
+            except OSError as exc:
+                self.appendLog(_("Warning: the model's card was not written: {error}").format(error=exc))
+        self.updateModelList(force=True)
+
     def _showResults(self, run: active_run.ActiveRun) -> None:
         """The run's predictions as new nodes, the last one shown and selected for "Add as labeled"."""
         imports = module_jobs.load_results(slicer.mrmlScene, run.run_folder, run.events, with_confidence=run.confidence,
                                            model=run.tracker.model_path or None)  # a volume's earlier prediction: updated
         if self.parent.isEntered:  # the views move only while the module is shown (not under Segment Editor)
-            self.logic.showResults(imports)
+            self._showInViews(imports)
         added = [i.segmentation_node for i in imports if i.segmentation_node is not None]
         if added:
             self.ui.resultSegmentationSelector.setCurrentNode(added[-1])
@@ -123,6 +133,18 @@ class RunWatchMixin:
         else:
             self.showStatus(message)
         self.ui.progressBar.value = 100
+
+    @staticmethod
+    def _showInViews(imports: list) -> None:
+        """Show the last prediction over its volume in the slice views."""
+        shown = [i for i in imports if i.segmentation_node is not None and i.volume_node is not None]
+        if not shown or slicer.app.layoutManager() is None:
+            return
+        last = shown[-1]
+        slicer.util.setSliceViewerLayers(background=last.volume_node, fit=True)
+        displayNode = last.segmentation_node.GetDisplayNode()
+        if displayNode is not None:
+            displayNode.SetVisibility(True)
 
     def onCancel(self) -> None:
         if self._run is None:

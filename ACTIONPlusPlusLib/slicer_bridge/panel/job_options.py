@@ -38,6 +38,7 @@ class PanelSettings:
     seed: int = 1337
     extra_overrides: dict[str, Any] = field(default_factory=dict)
     label_mapping: str = "name"  # segments -> classes by "name" or by label "value" (segmentations.LABEL_MAPPINGS)
+    warm_start_model: str = ""  # a model.pt picked in the model list: "continue" starts from it, not the last run
 
 
 LABEL_MAPPING_CHOICES = {"by name": "name", "by label value": "value"}  # the panel's words -> segmentations' mapping
@@ -103,6 +104,8 @@ def plan_run(settings: PanelSettings, now: float | None = None) -> RunPlan:
     problem = output_root_problem(root)
     if problem:
         raise ValueError(problem)
+    if settings.continue_training and settings.warm_start_model:
+        return _warm_start_plan(settings, now)
     if settings.continue_training:
         last = find_last_run(root)
         if last is None:
@@ -118,6 +121,18 @@ def plan_run(settings: PanelSettings, now: float | None = None) -> RunPlan:
             return RunPlan(job_dir=last, mode="train", resume=True)
         return RunPlan(job_dir=new_run_folder(root, now), mode="continue", model=str(out / "model.pt"))
     return RunPlan(job_dir=new_run_folder(root, now), mode="train")
+
+
+def _warm_start_plan(settings: PanelSettings, now: float | None) -> RunPlan:
+    """A new run that starts from the model picked in the model list (checked before anything is written)."""
+    model = settings.warm_start_model
+    if not os.path.isfile(model):
+        raise ValueError(f"The warm-start model {model} does not exist (deleted or moved): pick another one in the "
+                         "model list, or turn off \"Continue\".")
+    mismatch = preset_mismatch(model, settings.preset)
+    if mismatch:
+        raise ValueError(mismatch)
+    return RunPlan(job_dir=new_run_folder(settings.output_root, now), mode="continue", model=str(model))
 
 
 def build_job_options(settings: PanelSettings, plan: RunPlan | None = None) -> dict[str, Any]:

@@ -86,3 +86,10 @@ def unlabeled_rows(volume_ids: Sequence[str], labeled_volume_ids: Iterable[str],
     segmented never joins a training run unless the user checks it."""
     chosen = set(chosen_ids)
     return [(v, v in chosen) for v in unlabeled_candidates(volume_ids, labeled_volume_ids)]
+
+
+def predict_rows(volume_ids: Sequence[str], chosen_ids: Iterable[str]) -> list[tuple[str, bool]]:
+    """(volume ID, checked) for the Prediction section's list: every volume of the scene (a labeled one
+    may be predicted too), ticked when the user chose it; one job predicts all the ticked ones."""
+    chosen = set(chosen_ids)
+    return [(v, v in chosen) for v in volume_ids]
