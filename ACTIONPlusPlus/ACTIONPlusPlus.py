@@ -60,6 +60,7 @@ from ACTIONPlusPlusLib.slicer_bridge.panel import (  # noqa: E402  (needs the pa
     output_folder,
     remembered,
     run_gate,
+    sliced_task,
 )
 from ACTIONPlusPlusLib.slicer_bridge import blocking_run, module_jobs, samples, terminology_context  # noqa: E402
 from ACTIONPlusPlusPanel.case_lists import CaseListsMixin  # noqa: E402
@@ -398,7 +399,8 @@ class ACTIONPlusPlusWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, Ca
         # refused while anything is under way, from this click until the run ends (panel.run_gate)
         self._runGuarded("train", self._prepareTraining)
 
-    def _prepareTraining(self) -> Path:
+    def _prepareTraining(self) -> sliced_task.SlicedTask:
+        """Dependencies and every check now; the job's volumes are written one per tick (run_watch)."""
         self.logic.ensureDependencies(log=self.appendLog)
         if self.logic.deviceInfo is None:
             self.refreshDeviceInfo()  # torch was just installed: ask what it sees (in the background)
@@ -406,22 +408,19 @@ class ACTIONPlusPlusWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, Ca
         warning = output_folder.output_root_warning(settings.output_root, slicer.app.temporaryPath)
         if warning:
             self.appendLog(_("Warning: {text}").format(text=warning))
-        jobPath, plan = module_jobs.prepare_training_job(
-            slicer.mrmlScene, self._labeledPairs(), self._unlabeledVolumes(), settings, progress=self._writingProgress)
-        for text in [plan.description, *(_("Warning: {text}").format(text=w) for w in plan.warnings)]:
-            self.appendLog(text)
+        plan, steps = module_jobs.training_job_steps(slicer.mrmlScene, self._labeledPairs(), self._unlabeledVolumes(), settings)
+        self.appendLog(plan.description)
         self.appendLog(_("Budget: {text}").format(text=self.ui.budgetEstimateLabel.text))
-        return jobPath
+        return sliced_task.SlicedTask(steps, _("Writing the training cases"), notes=plan.warnings)
 
     def onPredictButton(self) -> None:
         self._runGuarded("predict", self._preparePrediction)
 
-    def _preparePrediction(self) -> Path:
-        p = self._parameterNode
+    def _preparePrediction(self) -> sliced_task.SlicedTask:
         self.logic.ensureDependencies(log=self.appendLog)
-        volumes = self._predictVolumes()
-        with _waitCursor():
-            return module_jobs.prepare_prediction_job(slicer.mrmlScene, volumes, str(p.modelPath), self._panelSettings())
+        steps = module_jobs.prediction_job_steps(slicer.mrmlScene, self._predictVolumes(), str(self._parameterNode.modelPath),
+                                                 self._panelSettings())
+        return sliced_task.SlicedTask(steps, _("Writing the volumes to segment"))
 
     def onOpenOutputFolder(self) -> None:
         folder = str(self._parameterNode.outputFolder) if self._parameterNode else ""
@@ -445,7 +444,7 @@ class ACTIONPlusPlusWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, Ca
     def updateButtons(self) -> None:
         """Everything disabled from the first Train / Predict click until the run ends (panel.run_gate)."""
         running = not self._gate.controls_enabled
-        self.ui.cancelButton.visible = self._gate.cancellable
+        self.ui.cancelButton.visible = self._gate.cancellable or self._task is not None  # the job's writing too
         self.ui.cancelButton.text = _("Cancel training") if self._gate.kind == "train" else _("Cancel prediction")
         for widget in (
             self.ui.inputsCollapsibleButton, self.ui.trainButton, self.ui.budgetComboBox, self.ui.deviceComboBox,

@@ -1,7 +1,8 @@
-"""The panel's view of a running worker: start, poll, progress, live chart, cancel, and the results
-loaded back as new nodes. A mixin of ``ACTIONPlusPlusWidget`` (it uses the widget's ``ui``, ``logic``,
-``_run``, ``_timer``, ``plotWidget``, ``_parameterNode``, ``_panelSettings`` and its message methods);
-the events are read by ``panel.run_progress`` and the nodes made by the bridge."""
+"""The panel's view of a run: the job written one volume per timer tick, the worker started, polled
+(progress, live chart, cancel), and the results loaded back as nodes one per tick, so the window never
+freezes. A mixin of ``ACTIONPlusPlusWidget`` (it uses the widget's ``ui``, ``logic``, ``_run``, ``_gate``,
+``_timer``, ``plotWidget``, ``_parameterNode``, ``_panelSettings`` and its message methods); the events
+are read by ``panel.run_progress``, the slices driven by ``panel.sliced_task``, the nodes made by the bridge."""
 
 from __future__ import annotations
 
@@ -14,28 +15,59 @@ import slicer
 from slicer.i18n import tr as _
 
 from ACTIONPlusPlusLib.slicer_bridge import charts, module_jobs
-from ACTIONPlusPlusLib.slicer_bridge.panel import active_run, formatting, model_list, run_gate
+from ACTIONPlusPlusLib.slicer_bridge.panel import active_run, formatting, model_list, sliced_task
 
 
 class RunWatchMixin:
     """One run at a time (``self._run``, guarded by ``self._gate`` from the first click), polled by
-    ``self._timer``."""
+    ``self._timer``; the job's writing and the results' loading are ``self._task``, one step per tick of
+    ``self._sliceTimer``."""
+
+    _task = None  # sliced_task.SlicedTask being stepped (writing the job, loading the results)
+    _sliceTimer = None
+    _onSlice = None  # what a tick does with the task: True while it goes on
 
     def _runGuarded(self, kind: str, prepare) -> None:
         """A Train / Predict click: refused while anything is under way; the panel stays disabled from
-        here until the run ends (a click during the export, which runs the event loop, is refused)."""
-        if not self._gate.controls_enabled:
+        here until the run ends. ``prepare()`` (dependencies, every check) returns the task that writes
+        the job, one volume per tick; the worker starts when it is written (``sliced_task.tick_preparation``)."""
+        if not self._gate.begin(kind):
             return self.showStatus(_("A run is being prepared or running: wait for it, or cancel it."))
         self.clearMessages()
-        run_gate.run_guarded(self._gate, kind, prepare, lambda jobPath: self._startRun(jobPath, kind),
-                             self.showError, self.updateButtons)
+        self.updateButtons()
+        try:
+            task = prepare()
+        except Exception as exc:  # a refused selection, a full disk: nothing was written
+            self._gate.finished()
+            self.showError(exc)
+            return self.updateButtons()
+        self._startSlices(task, lambda t: sliced_task.tick_preparation(
+            self._gate, t, lambda jobPath: self._startRun(jobPath, kind), self.showError,
+            lambda: self.showStatus(_("Cancelled before the worker started: nothing was run, nothing kept."))))
 
-    def _writingProgress(self, done: int, total: int, name: str) -> None:
-        """Writing the cases takes a while for large volumes: show which one, keep the window alive (the
-        panel is disabled meanwhile: a click is refused by the gate)."""
-        self.ui.progressBar.value = int(100 * done / max(total, 1))
-        self.showStatus(_("Writing the training cases: {done}/{total} {name}").format(done=done, total=total, name=name))
-        slicer.app.processEvents()
+    def _startSlices(self, task, onSlice) -> None:
+        if self._sliceTimer is None:
+            self._sliceTimer = qt.QTimer()
+            self._sliceTimer.setInterval(0)  # as soon as the event loop is idle: one step, then the GUI again
+            self._sliceTimer.connect("timeout()", self.onSliceTick)
+        self._task, self._onSlice = task, onSlice
+        self.updateButtons()
+        self._sliceTimer.start()
+
+    def onSliceTick(self) -> None:
+        task = self._task
+        if task is None:
+            return self._sliceTimer.stop()
+        goingOn = self._onSlice(task)
+        if goingOn:
+            self.ui.progressBar.value = task.percent
+            self.showStatus(task.status)
+            return
+        self._sliceTimer.stop()
+        self._task = None
+        for note in task.notes if task.state == sliced_task.DONE else []:
+            self.appendLog(_("Warning: {text}").format(text=note))
+        self.updateButtons()
 
     def _startRun(self, jobPath: Path, kind: str) -> None:
         settings = self._panelSettings()
@@ -85,23 +117,40 @@ class RunWatchMixin:
             self.showStatus(run.tracker.status)
 
     def _finishRun(self, run: active_run.ActiveRun) -> None:
+        """The worker ended: its predictions are loaded one per tick (the panel stays disabled meanwhile)."""
         self._timer.stop()
-        self._run = None
-        self._gate.finished()
         code = run.worker.exit_code
         if run.kind == "train" and run.tracker.seconds_per_iteration:
             self.logic.memory.remember_speed(run.preset, run.trained_device(), run.tracker.seconds_per_iteration)
             self.updateEstimate()  # the next estimate uses the measured speed
         self._recordModel(run)
-        try:
-            if code == 0 and run.scene_closed:
-                self.showStatus(_("Finished. The scene was closed meanwhile: the results are in {folder}.").format(folder=run.run_folder))
-            elif code == 0:
-                self._showResults(run)
-            else:
-                self.showError(run.tracker.outcome_message(code))
-        finally:
-            self.updateButtons()
+        if code == 0 and not run.scene_closed:  # a volume's earlier prediction is updated in place
+            steps = module_jobs.results_steps(slicer.mrmlScene, run.run_folder, run.events, with_confidence=run.confidence,
+                                              model=run.tracker.model_path or None)
+            return self._startSlices(sliced_task.SlicedTask(steps, _("Loading the predictions")),
+                                     lambda task: self._tickLoading(task, run))
+        self._endRun()
+        if code == 0:
+            self.showStatus(_("Finished. The scene was closed meanwhile: the results are in {folder}.").format(folder=run.run_folder))
+        else:
+            self.showError(run.tracker.outcome_message(code))
+
+    def _endRun(self) -> None:
+        self._run = None
+        self._gate.finished()
+        self.updateButtons()
+
+    def _tickLoading(self, task, run: active_run.ActiveRun) -> bool:
+        if task.tick():
+            return True
+        self._endRun()
+        if task.state == sliced_task.DONE:
+            self._showResults(run, task.result)
+        elif task.state == sliced_task.CANCELLED:
+            self.showStatus(_("Loading cancelled: the other predictions are in {folder}.").format(folder=run.run_folder))
+        else:
+            self.showError(task.error)
+        return False
 
     def _recordModel(self, run: active_run.ActiveRun) -> None:
         """A finished training's model joins the model list, its card saying the device it ran on."""
@@ -112,10 +161,8 @@ class RunWatchMixin:
                 self.appendLog(_("Warning: the model's card was not written: {error}").format(error=exc))
         self.updateModelList(force=True)
 
-    def _showResults(self, run: active_run.ActiveRun) -> None:
-        """The run's predictions as new nodes, the last one shown and selected for "Add as labeled"."""
-        imports = module_jobs.load_results(slicer.mrmlScene, run.run_folder, run.events, with_confidence=run.confidence,
-                                           model=run.tracker.model_path or None)  # a volume's earlier prediction: updated
+    def _showResults(self, run: active_run.ActiveRun, imports: list) -> None:
+        """The run's predictions (now nodes): the last one shown and selected for "Add as labeled"."""
         if self.parent.isEntered:  # the views move only while the module is shown (not under Segment Editor)
             self._showInViews(imports)
         added = [i.segmentation_node for i in imports if i.segmentation_node is not None]
@@ -147,6 +194,8 @@ class RunWatchMixin:
             displayNode.SetVisibility(True)
 
     def onCancel(self) -> None:
+        if self._task is not None:  # writing the job or loading the results: stops before the next volume
+            return self._task.cancel()
         if self._run is None:
             return
         self._run.cancelled = True

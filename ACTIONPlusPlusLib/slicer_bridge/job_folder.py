@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Generator, Iterable, Sequence
 
 from ..errors import DataError
 from ..jobs import TrainingJob, write_job
@@ -37,6 +37,18 @@ class _Entry:
     label_node_name: str | None = None
 
 
+def _remove_written(job_dir: Path, files: Sequence[Path]) -> None:
+    """Remove ``files`` and the folders of the job they leave empty (the job folder too, when it is)."""
+    for path in files:
+        path.unlink(missing_ok=True)
+    folders = {p.parent for p in files} | {job_dir / DATASET_FOLDER, job_dir / PREDICT_FOLDER, job_dir}
+    for folder in sorted(folders, key=lambda f: len(f.parts), reverse=True):
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (the user's or an earlier run's files), or gone
+            pass
+
+
 def _previous_files(job_dir: Path) -> list[Path]:
     mapping = job_dir / NODES_FILE
     if not mapping.is_file():
@@ -51,6 +63,21 @@ def _previous_files(job_dir: Path) -> list[Path]:
         return out
     except (OSError, ValueError, AttributeError):
         return []
+
+
+Progress = Callable[[int, int, str], None]
+Steps = Generator[tuple[int, int, str], None, Any]  # yields (done, total, name); returns its result
+
+
+def run_steps(steps: Steps, progress: Progress | None = None) -> Any:
+    """Run ``steps`` to the end in one go (scripts, tests), ``progress`` told of each; its result."""
+    while True:
+        try:
+            done, total, name = next(steps)
+        except StopIteration as stop:
+            return stop.value
+        if progress is not None:
+            progress(done, total, name)
 
 
 def write_training_job(
@@ -72,11 +99,47 @@ def write_training_job(
     predict_unlabeled: bool = True,
     file_suffix: str = ".nrrd",
     overwrite: bool = False,
-    progress: Callable[[int, int, str], None] | None = None,
+    progress: Progress | None = None,
     label_mapping: str = "name",
     warnings: list[str] | None = None,
 ) -> Path:
-    """Export nodes as a generic dataset + job.json + nodes.json in ``job_dir``; return job.json's path.
+    """:func:`iter_training_job` in one go (same arguments); ``progress(done, total, name)`` is told
+    before each volume is written.  Returns job.json's path."""
+    steps = iter_training_job(
+        scene, labeled_pairs, unlabeled_volume_nodes, predict_volume_nodes, job_dir, preset, mode=mode,
+        output_dir=output_dir, model=model, resume=resume, overrides=overrides, device=device, seed=seed,
+        write_confidence=write_confidence, predict_unlabeled=predict_unlabeled, file_suffix=file_suffix,
+        overwrite=overwrite, label_mapping=label_mapping, warnings=warnings)
+    return run_steps(steps, progress)
+
+
+def iter_training_job(
+    scene: Any,
+    labeled_pairs: Sequence[tuple[Any, Any]],
+    unlabeled_volume_nodes: Iterable[Any],
+    predict_volume_nodes: Iterable[Any],
+    job_dir: str | Path,
+    preset: str,
+    *,
+    mode: str = "train",
+    output_dir: str | Path | None = None,
+    model: str | Path | None = None,
+    resume: bool = False,
+    overrides: dict[str, Any] | None = None,
+    device: str = "auto",
+    seed: int = 1337,
+    write_confidence: bool = False,
+    predict_unlabeled: bool = True,
+    file_suffix: str = ".nrrd",
+    overwrite: bool = False,
+    label_mapping: str = "name",
+    warnings: list[str] | None = None,
+) -> Steps:
+    """Export nodes as a generic dataset + job.json + nodes.json in ``job_dir``, one volume per step: a
+    generator that yields ``(done, total, name)`` before each volume is written and returns job.json's
+    path (the panel runs one step per timer tick, so its window never freezes; :func:`write_training_job`
+    runs them all).  Closing it part-way (the panel's Cancel) removes the files it wrote and writes no
+    job.json.
 
     Layout: ``dataset/imagesTr/<id><suffix>`` with ``dataset/labelsTr/<id><suffix>`` (same file names),
     ``dataset/imagesUnlabeled/``, ``predict/`` for the extra volumes to predict, output in ``run/``
@@ -87,9 +150,6 @@ def write_training_job(
     ``predict_unlabeled`` (default True): the worker also predicts every unlabeled volume after training.
     A volume listed both as unlabeled and for prediction is written (and predicted) once; a labeled
     volume may also be listed for prediction.
-
-    ``progress(done, total, name)`` is called before each volume is written (the panel shows it and
-    keeps its window responsive between files).
 
     ``label_mapping``: segments matched to classes by "name" (default) or by label "value"
     (:mod:`.segmentations`).  ``warnings`` (a list, when given) receives one message per labeled case
@@ -170,34 +230,26 @@ def write_training_job(
     dataset = job_dir / DATASET_FOLDER
     entries: list[_Entry] = []
     total_files = len(labeled_cases) + len(unlabeled_cases) + len(predict_cases)
-
-    def report(node: Any) -> None:
-        if progress is not None:
-            progress(len(entries), total_files, node.GetName())
-
+    pending = [(c, v, l, "labeled", f"{DATASET_FOLDER}/imagesTr") for c, v, l in labeled_cases]
+    pending += [(c, v, None, "unlabeled", f"{DATASET_FOLDER}/imagesUnlabeled") for c, v in unlabeled_cases]
+    pending += [(c, v, None, "predict", PREDICT_FOLDER) for c, v in predict_cases]
     try:
-        for case, volume, label in labeled_cases:
-            report(volume)
-            image_rel = f"{DATASET_FOLDER}/imagesTr/{case.id}{file_suffix}"
-            label_rel = f"{DATASET_FOLDER}/labelsTr/{case.id}{file_suffix}"
+        for case, volume, label, role, folder in pending:
+            yield len(entries), total_files, volume.GetName()
+            image_rel = f"{folder}/{case.id}{file_suffix}"
             write_image(job_dir / image_rel, case.image, case)
-            write_label(job_dir / label_rel, case.label, case)
-            entries.append(_Entry("labeled", case.id, image_rel, volume.GetID(), volume.GetName(),
-                                  label_rel, label.GetID(), label.GetName()))
-        for case, volume in unlabeled_cases:
-            report(volume)
-            image_rel = f"{DATASET_FOLDER}/imagesUnlabeled/{case.id}{file_suffix}"
-            write_image(job_dir / image_rel, case.image, case)
-            entries.append(_Entry("unlabeled", case.id, image_rel, volume.GetID(), volume.GetName()))
-        for case, volume in predict_cases:
-            report(volume)
-            image_rel = f"{PREDICT_FOLDER}/{case.id}{file_suffix}"
-            write_image(job_dir / image_rel, case.image, case)
-            entries.append(_Entry("predict", case.id, image_rel, volume.GetID(), volume.GetName()))
+            entry = _Entry(role, case.id, image_rel, volume.GetID(), volume.GetName())
+            entries.append(entry)
+            if label is not None:
+                entry.label, entry.label_node_id, entry.label_node_name = (
+                    f"{DATASET_FOLDER}/labelsTr/{case.id}{file_suffix}", label.GetID(), label.GetName())
+                write_label(job_dir / entry.label, case.label, case)
     except OSError as exc:
         raise DataError(f"cannot write the training data into {job_dir}: {exc.strerror or exc}") from exc
-    if progress is not None:
-        progress(total_files, total_files, "")
+    except GeneratorExit:  # cancelled part-way: no half-written job is left behind
+        _remove_written(job_dir, [job_dir / p for e in entries for p in (e.image, e.label) if p])
+        raise
+    yield total_files, total_files, ""
 
     has_dataset = bool(labeled_cases)
     # without labeled cases (a predict-only job) the unlabeled volumes are just more volumes to predict

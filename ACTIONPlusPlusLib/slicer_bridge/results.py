@@ -6,7 +6,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Generator, Iterable, Sequence
 
 import numpy as np
 
@@ -84,7 +84,26 @@ def load_predictions(
     only_roles: Sequence[str] = ("unlabeled", "predict"),
     previous: Callable[[Any, Any, str], Any] | None = None,
 ) -> list[PredictionImport]:
-    """Add every prediction of a finished job as a new segmentation node on its input volume.
+    """:func:`iter_predictions` in one go (same arguments): every prediction of a finished job as a node."""
+    from .job_folder import run_steps
+
+    return run_steps(iter_predictions(scene, job_dir, events, with_confidence=with_confidence, only_roles=only_roles,
+                                      previous=previous))
+
+
+def iter_predictions(
+    scene: Any,
+    job_dir: str | Path,
+    events: Iterable[dict[str, Any]] | None = None,
+    *,
+    with_confidence: bool = True,
+    only_roles: Sequence[str] = ("unlabeled", "predict"),
+    previous: Callable[[Any, Any, str], Any] | None = None,
+    on_import: Callable[[PredictionImport], None] | None = None,
+) -> Generator[tuple[int, int, str], None, list[PredictionImport]]:
+    """Add every prediction of a finished job as a new segmentation node on its input volume, one per
+    step: yields ``(done, total, name)`` before each and returns the list of imports (the panel loads one
+    per timer tick; ``on_import`` is told of each as it is made).
 
     Predictions come from the worker's ``prediction`` events when given (``output``, optional
     ``confidence``), otherwise from ``<output_dir>/predictions/<case id>.*``.  Volumes are found through
@@ -134,28 +153,37 @@ def load_predictions(
                 conf = files.get(f"{case_id}_confidence")
                 found.append((entry, files[case_id], conf))
 
-    results = []
+    results: list[PredictionImport] = []
     for entry, label_file, conf_file in found:
-        result = PredictionImport(entry["case_id"], label_file)
-        volume = _find_volume(scene, entry.get("volume_node_id"), entry.get("volume_node_name"))
-        if volume is None:
-            result.message = f"volume '{entry.get('volume_node_name')}' is no longer in the scene; prediction {label_file} not loaded"
-            logger.warning(result.message)
-            results.append(result)
-            continue
-        result.volume_node = volume
-        try:
-            labels = _read_on_volume_grid(label_file, volume, "nearest")
-            confidence = None
-            if with_confidence and conf_file is not None and conf_file.is_file():
-                confidence = _read_on_volume_grid(conf_file, volume, "linear").astype(np.float32)
-            replace = previous(scene, volume, preset) if previous is not None else None
-            result.segmentation_node = add_prediction_to_scene(scene, labels, volume, preset, confidence=confidence,
-                                                               replace=replace)
-            result.updated = replace is not None
-            result.confidence_node = confidence_node_of(result.segmentation_node)
-        except DataError as exc:
-            result.message = str(exc)
-            logger.warning(result.message)
+        yield len(results), len(found), str(entry.get("volume_node_name") or entry["case_id"])
+        result = _import_one(scene, preset, entry, label_file, conf_file, with_confidence, previous)
         results.append(result)
+        if on_import is not None:
+            on_import(result)
     return results
+
+
+def _import_one(scene: Any, preset: str, entry: dict[str, Any], label_file: Path, conf_file: Path | None,
+                with_confidence: bool, previous: Callable[[Any, Any, str], Any] | None) -> PredictionImport:
+    """One prediction file as a node on its volume (or a message saying why not)."""
+    result = PredictionImport(entry["case_id"], label_file)
+    volume = _find_volume(scene, entry.get("volume_node_id"), entry.get("volume_node_name"))
+    if volume is None:
+        result.message = f"volume '{entry.get('volume_node_name')}' is no longer in the scene; prediction {label_file} not loaded"
+        logger.warning(result.message)
+        return result
+    result.volume_node = volume
+    try:
+        labels = _read_on_volume_grid(label_file, volume, "nearest")
+        confidence = None
+        if with_confidence and conf_file is not None and conf_file.is_file():
+            confidence = _read_on_volume_grid(conf_file, volume, "linear").astype(np.float32)
+        replace = previous(scene, volume, preset) if previous is not None else None
+        result.segmentation_node = add_prediction_to_scene(scene, labels, volume, preset, confidence=confidence,
+                                                           replace=replace)
+        result.updated = replace is not None
+        result.confidence_node = confidence_node_of(result.segmentation_node)
+    except DataError as exc:
+        result.message = str(exc)
+        logger.warning(result.message)
+    return result
