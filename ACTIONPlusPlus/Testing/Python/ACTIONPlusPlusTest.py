@@ -1,9 +1,12 @@
 """The module's self-test, run inside Slicer: "Reload & Test" in the module panel (through
 ``ACTIONPlusPlus.runTest``) and the extension's CTest (``Testing/Python/CMakeLists.txt``).
 
-Phantom volumes and segmentations in the scene, a quick CPU training through the real worker,
-predictions checked for names, geometry and a Dice above chance; bad input leaves nodes untouched.
-Without torch or psutil it says so and runs nothing (the tests never install packages).
+Always, torch or not: the panel's path with a stub worker (ticked volumes -> a predict job written one
+volume per step -> the stub's event stream -> prediction nodes loaded one per step, updated in place
+the second time).  With torch and psutil: phantom volumes and segmentations in the scene, a quick CPU
+training through the real worker, predictions checked for names, geometry and a Dice above chance; bad
+input leaves nodes untouched.  Without them it says so and runs only the first part (the tests never
+install packages).
 """
 
 from __future__ import annotations
@@ -23,8 +26,8 @@ from slicer.i18n import tr as _
 from slicer.ScriptedLoadableModule import ScriptedLoadableModuleTest
 
 from ACTIONPlusPlus import ACTIONPlusPlusLogic  # also puts ACTIONPlusPlusLib on sys.path
-from ACTIONPlusPlusLib.slicer_bridge import module_jobs, node_selection
-from ACTIONPlusPlusLib.slicer_bridge.panel import job_options, self_test
+from ACTIONPlusPlusLib.slicer_bridge import blocking_run, module_jobs, node_selection
+from ACTIONPlusPlusLib.slicer_bridge.panel import job_options, run_gate, self_test, sliced_task
 
 
 class ACTIONPlusPlusTest(ScriptedLoadableModuleTest):
@@ -53,12 +56,14 @@ class ACTIONPlusPlusTest(ScriptedLoadableModuleTest):
         slicer.mrmlScene.Clear()
 
     def runTest(self) -> None:
+        self.setUp()
+        self.test_PanelPathWithStubWorker()  # needs no torch: runs on every build server
         # Reload & Test calls runTest directly, where a skipTest would show as an error dialog: say why
-        # nothing ran, and return
+        # the training tests did not run, and return
         missing = self._missingDependencies()
         if missing:
-            self.delayDisplay(_("ACTION++ self-test not run: {why}").format(why=missing))
-            logging.warning("ACTION++ self-test not run: %s", missing)
+            self.delayDisplay(_("ACTION++ training self-test not run: {why}").format(why=missing))
+            logging.warning("ACTION++ training self-test not run: %s", missing)
             return
         self.setUp()
         self.test_BadInputLeavesNodesUntouched()
@@ -111,6 +116,57 @@ class ACTIONPlusPlusTest(ScriptedLoadableModuleTest):
             self.delayDisplay(missing)
             self.skipTest(missing)
         return logic
+
+    def _stubModel(self, outputRoot: str) -> str:
+        """A model.pt the stub worker "runs": its run folder says ACDC (the preset Predict takes)."""
+        run = Path(outputRoot) / "models" / "run-stub" / "run"
+        run.mkdir(parents=True)
+        (run / "config.json").write_text('{"preset": "acdc"}')
+        (run / "model.pt").write_bytes(b"stub")
+        return str(run / "model.pt")
+
+    def _panelPrediction(self, volumes, model: str, settings) -> list:
+        """What the panel does on Predict, without its widgets: the job written a volume per step (the
+        panel's timer ticks), the worker's events read to the end, the results loaded a node per step."""
+        from ACTIONPlusPlusLib.slicer_bridge.stub_worker import StubWorker
+
+        gate, started = run_gate.RunGate(), []
+        self.assertTrue(gate.begin("predict"))
+        writing = sliced_task.SlicedTask(module_jobs.prediction_job_steps(slicer.mrmlScene, volumes, model, settings), "Writing")
+        while sliced_task.tick_preparation(gate, writing, started.append, self.fail, self.fail):
+            self.assertFalse(gate.controls_enabled)
+        self.assertEqual(len(started), 1, writing.error)
+        outcome = blocking_run.run_to_end(StubWorker(started[0]).start())
+        self.assertEqual(outcome.returncode, 0, outcome.message)
+        loading = sliced_task.SlicedTask(module_jobs.results_steps(slicer.mrmlScene, started[0].parent, outcome.events,
+                                                                   model=model), "Loading")
+        while loading.tick():
+            pass
+        self.assertEqual(loading.state, sliced_task.DONE, loading.error)
+        return loading.result
+
+    def test_PanelPathWithStubWorker(self) -> None:
+        from ACTIONPlusPlusLib.slicer_bridge import terminology
+
+        self.delayDisplay("The panel's path with a stub worker (no torch needed)")
+        _cases, volumes = self._phantomScene(3)
+        before = self._mtimes(volumes)
+        outputRoot = tempfile.mkdtemp(prefix="ACTIONPlusPlusTest-")
+        model = self._stubModel(outputRoot)
+        settings = job_options.PanelSettings(preset="la", output_root=outputRoot, device="cpu")  # the model's preset wins
+        expectedNames = [info.name for info in terminology.classes(self.PRESET)]
+        for attempt in range(2):
+            imports = self._panelPrediction(volumes, model, settings)
+            self.assertEqual([i.volume_node for i in imports], volumes, [i.message for i in imports])
+            self.assertEqual([i.updated for i in imports], [attempt == 1] * len(volumes))  # the second time: in place
+            for item in imports:
+                segmentation = item.segmentation_node.GetSegmentation()
+                names = [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())]
+                self.assertEqual(names, expectedNames)
+                self.assertIs(node_selection.source_volume(slicer.mrmlScene, item.segmentation_node), item.volume_node)
+        self.assertEqual(slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode"), len(volumes))
+        self.assertEqual(before, self._mtimes(volumes), "the user's volumes were modified")
+        self.delayDisplay("Panel path test passed")
 
     def test_BadInputLeavesNodesUntouched(self) -> None:
         self.delayDisplay("Bad input gives a message and changes no node")
