@@ -6,9 +6,7 @@ ticked volume, with the model's preset, through the stub worker the self-test us
 from __future__ import annotations
 
 import json
-import sys
 
-import numpy as np
 import pytest
 
 slicer = pytest.importorskip("slicer", reason="slicer-core is not installed (pip install slicer-core==5.11.0.6)")
@@ -89,39 +87,3 @@ def test_one_predict_job_for_many_volumes_loaded_one_node_per_step(sample, tmp_p
     for item in imports:
         assert node_selection.source_volume(scene, item.segmentation_node) is item.volume_node
         assert item.segmentation_node.GetSegmentation().GetNumberOfSegments() == 3
-
-
-def test_tick_preparation_decides_start_failure_and_cancel():
-    def steps(fail=False):
-        yield 0, 2, "a"
-        if fail:
-            raise OSError("disk full")
-        yield 1, 2, "b"
-        return "job.json"
-
-    gate, started, errors = run_gate.RunGate(), [], []
-    gate.begin("train")
-    task = sliced_task.SlicedTask(steps(), "Writing")
-    while sliced_task.tick_preparation(gate, task, started.append, errors.append, pytest.fail):
-        assert gate.state == run_gate.PREPARING and task.percent in (0, 50)
-    assert started == ["job.json"] and gate.state == run_gate.RUNNING and errors == []
-
-    for failing_start, generator in ((False, steps(fail=True)), (True, steps())):
-        gate = run_gate.RunGate()
-        gate.begin("train")
-        task = sliced_task.SlicedTask(generator, "Writing")
-
-        def start(job):
-            raise RuntimeError("no python")
-
-        while sliced_task.tick_preparation(gate, task, start if failing_start else pytest.fail, errors.append, pytest.fail):
-            pass
-        assert gate.controls_enabled and task.state in (sliced_task.FAILED, sliced_task.DONE)
-    assert [type(e) for e in errors] == [OSError, RuntimeError]
-
-
-def test_the_predict_list_offers_every_volume_ticked_only_when_chosen():
-    from ACTIONPlusPlusLib.slicer_bridge.panel import selection_checks
-
-    assert selection_checks.predict_rows(["v1", "v2", "v3"], ["v3", "gone"]) == [("v1", False), ("v2", False), ("v3", True)]
-    assert "numpy" in sys.modules and np is not None
