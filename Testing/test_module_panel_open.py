@@ -121,4 +121,5 @@ def test_train_and_predict_clicks_go_through_the_run_gate():
     watch = (REPO / "ACTIONPlusPlus" / "ACTIONPlusPlusPanel" / "run_watch.py").read_text()
     # the job is written a volume per tick; sliced_task.tick_preparation starts the worker or frees the panel
     assert "self._gate.started()" in watch and "sliced_task.tick_preparation(" in watch
-    assert watch.count("self._gate.finished()") == 3  # a refused preparation, a watching error, the run's end
+    # a refused preparation, a failing slice, a watching error, the run's end
+    assert watch.count("self._gate.finished()") == 4

@@ -58,7 +58,15 @@ class RunWatchMixin:
         task = self._task
         if task is None:
             return self._sliceTimer.stop()
-        goingOn = self._onSlice(task)
+        try:
+            goingOn = self._onSlice(task)
+        except Exception as exc:  # never the same failing step again on every tick
+            logging.exception("ACTION++: %s", task.what)
+            goingOn = False
+            if self._run is None or not self._run.worker.is_running:
+                self._run = None
+                self._gate.finished()
+            self.showError(exc)
         if goingOn:
             self.ui.progressBar.value = task.percent
             self.showStatus(task.status)
