@@ -6,13 +6,15 @@ ticked volume, with the model's preset, through the stub worker the self-test us
 from __future__ import annotations
 
 import json
+import weakref
 
 import pytest
 
 slicer = pytest.importorskip("slicer", reason="slicer-core is not installed (pip install slicer-core==5.11.0.6)")
 
 from ACTIONPlusPlusLib.jobs import read_job  # noqa: E402
-from ACTIONPlusPlusLib.slicer_bridge import blocking_run, module_jobs, node_selection  # noqa: E402
+from ACTIONPlusPlusLib.errors import DataError  # noqa: E402
+from ACTIONPlusPlusLib.slicer_bridge import blocking_run, job_folder, module_jobs, node_selection  # noqa: E402
 from ACTIONPlusPlusLib.slicer_bridge.panel import run_gate, sliced_task  # noqa: E402
 from ACTIONPlusPlusLib.slicer_bridge.panel.job_options import PanelSettings  # noqa: E402
 from ACTIONPlusPlusLib.slicer_bridge.samples import add_phantom_sample  # noqa: E402
@@ -40,6 +42,39 @@ def test_the_training_job_is_written_one_volume_per_step(sample, tmp_path):
         written.append(len(_images(plan.job_dir)))
     assert written == [0, 2, 4, 5, 6, 7]  # image + label per labeled case, one image per unlabeled volume
     assert read_job(plan.job_dir / "job.json").mode == "train"
+
+
+def test_one_case_in_memory_at_a_time_and_the_job_folder_untouched_until_all_are_written(sample, tmp_path, monkeypatch):
+    scene, pairs, unlabeled = sample
+    alive = []
+    for name in ("case_from_volume_node", "labeled_case_from_nodes"):
+        def tracked(*args, _build=getattr(job_folder, name), **kwargs):
+            case = _build(*args, **kwargs)
+            alive.append(weakref.ref(case))
+            return case
+
+        monkeypatch.setattr(job_folder, name, tracked)
+    plan, steps = module_jobs.training_job_steps(scene, pairs, unlabeled, PanelSettings(preset="acdc", output_root=str(tmp_path)))
+    in_memory = []
+    for _progress in steps:
+        in_memory.append(sum(ref() is not None for ref in alive))
+        assert not (plan.job_dir / "dataset").exists()  # staged until every volume is written
+    assert max(in_memory) <= 1 and len(alive) == 5  # every case built, never two held at once
+    assert len(list((plan.job_dir / "dataset" / "imagesTr").iterdir())) == 2
+    assert [p.name for p in plan.job_dir.iterdir() if p.name.startswith(".")] == []  # no staging left
+
+
+def test_a_bad_node_part_way_leaves_an_earlier_job_as_it_was(sample, tmp_path):
+    scene, pairs, unlabeled = sample
+    job = job_folder.write_training_job(scene, pairs, unlabeled[:1], [], tmp_path / "job", "acdc")
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "job").rglob("*")}
+    flat = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "Flat")  # no image data: refused when it is built
+    with pytest.raises(DataError):
+        job_folder.write_training_job(scene, pairs, [unlabeled[1], flat], [], tmp_path / "job", "acdc")
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "job").rglob("*")} == before and job.is_file()
+    with pytest.raises(DataError):
+        job_folder.write_training_job(scene, pairs, [flat], [], tmp_path / "new", "acdc")
+    assert not (tmp_path / "new").exists()
 
 
 def test_cancel_while_the_job_is_written_leaves_nothing_and_the_panel_usable(sample, tmp_path):

@@ -1,13 +1,17 @@
 """Scene -> job folder: the selected nodes as a generic dataset, ``job.json`` and ``nodes.json``.
 
 ``nodes.json`` records which file came from which node (ID and name), so that :mod:`.results` puts each
-prediction back on the right volume.  Every Case is built before any file is written (a bad node fails
-first), and the job is validated with the reader the worker uses.  Nothing in the scene is modified.
+prediction back on the right volume.  The volumes are written one at a time (one Case in memory, one
+step of :func:`iter_training_job` each) into a staging folder, and move into the job folder only when
+all are written: a bad node, a full disk or a cancel part-way leaves the job folder as it was.  The job
+is validated with the reader the worker uses.  Nothing in the scene is modified.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Generator, Iterable, Sequence
@@ -23,6 +27,7 @@ NODES_FILE = "nodes.json"
 DATASET_FOLDER = "dataset"
 PREDICT_FOLDER = "predict"
 RUN_FOLDER = "run"
+STAGING_PREFIX = ".writing-"  # a job's volumes are written here first, moved into place when all are written
 
 
 @dataclass
@@ -37,16 +42,13 @@ class _Entry:
     label_node_name: str | None = None
 
 
-def _remove_written(job_dir: Path, files: Sequence[Path]) -> None:
-    """Remove ``files`` and the folders of the job they leave empty (the job folder too, when it is)."""
-    for path in files:
-        path.unlink(missing_ok=True)
-    folders = {p.parent for p in files} | {job_dir / DATASET_FOLDER, job_dir / PREDICT_FOLDER, job_dir}
-    for folder in sorted(folders, key=lambda f: len(f.parts), reverse=True):
-        try:
-            folder.rmdir()
-        except OSError:  # not empty (the user's or an earlier run's files), or gone
-            pass
+def _discard(job_dir: Path, staging: Path) -> None:
+    """Remove the staging folder, and the job folder when that leaves it empty (it was made for this job)."""
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        job_dir.rmdir()
+    except OSError:  # not empty: an earlier run's folder (resume), kept as it was
+        pass
 
 
 def _previous_files(job_dir: Path) -> list[Path]:
@@ -206,7 +208,9 @@ def iter_training_job(
         raise DataError(str(exc)) from exc
     allow_single = preset == "acdc"
 
-    # build every Case first: a bad node fails before any file is written
+    # One volume at a time (a single Case in memory): built, checked and written into a staging folder.
+    # Only once every volume is there do they replace the job's files, so a bad node, a full disk or a
+    # cancel part-way leaves the job folder as it was (a new one is removed again).
     used: set[str] = set()
 
     def unique_id(node: Any) -> str:
@@ -218,40 +222,46 @@ def iter_training_job(
         used.add(candidate.lower())
         return candidate
 
-    labeled_cases = [(labeled_case_from_nodes(v, l, preset, unique_id(v), label_mapping), v, l) for v, l in labeled_pairs]
-    case_warnings = [w for w in (missing_class_warning(c.label, preset, v, l) for c, v, l in labeled_cases) if w]
+    pending = [("labeled", v, l, unique_id(v), f"{DATASET_FOLDER}/imagesTr") for v, l in labeled_pairs]
+    pending += [("unlabeled", v, None, unique_id(v), f"{DATASET_FOLDER}/imagesUnlabeled") for v in unlabeled]
+    pending += [("predict", v, None, unique_id(v), PREDICT_FOLDER) for v in predict]
+    staging = job_dir / f"{STAGING_PREFIX}{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    entries: list[_Entry] = []
+    case_warnings: list[str] = []
+    try:
+        for role, volume, label, case_id, folder in pending:
+            yield len(entries), len(pending), volume.GetName()
+            entry = _Entry(role, case_id, f"{folder}/{case_id}{file_suffix}", volume.GetID(), volume.GetName())
+            if label is None:
+                case = case_from_volume_node(volume, case_id, allow_single_slice=allow_single)
+            else:
+                case = labeled_case_from_nodes(volume, label, preset, case_id, label_mapping)
+                case_warnings += [w for w in [missing_class_warning(case.label, preset, volume, label)] if w]
+                entry.label, entry.label_node_id, entry.label_node_name = (
+                    f"{DATASET_FOLDER}/labelsTr/{case_id}{file_suffix}", label.GetID(), label.GetName())
+                write_label(staging / entry.label, case.label, case)
+            write_image(staging / entry.image, case.image, case)
+            entries.append(entry)
+            del case
+        yield len(pending), len(pending), ""
+        for stale in _previous_files(job_dir):
+            stale.unlink(missing_ok=True)
+        for path in (p for e in entries for p in (e.image, e.label) if p):
+            (job_dir / path).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staging / path, job_dir / path)
+    except OSError as exc:
+        _discard(job_dir, staging)
+        raise DataError(f"cannot write the training data into {job_dir}: {exc.strerror or exc}") from exc
+    except BaseException:  # a bad node (DataError), a cancel (GeneratorExit): nothing of this job is kept
+        _discard(job_dir, staging)
+        raise
+    shutil.rmtree(staging, ignore_errors=True)
     if warnings is not None:
         warnings.extend(case_warnings)
-    unlabeled_cases = [(case_from_volume_node(v, unique_id(v), allow_single_slice=allow_single), v) for v in unlabeled]
-    predict_cases = [(case_from_volume_node(v, unique_id(v), allow_single_slice=allow_single), v) for v in predict]
-
-    for stale in _previous_files(job_dir):
-        stale.unlink(missing_ok=True)
     dataset = job_dir / DATASET_FOLDER
-    entries: list[_Entry] = []
-    total_files = len(labeled_cases) + len(unlabeled_cases) + len(predict_cases)
-    pending = [(c, v, l, "labeled", f"{DATASET_FOLDER}/imagesTr") for c, v, l in labeled_cases]
-    pending += [(c, v, None, "unlabeled", f"{DATASET_FOLDER}/imagesUnlabeled") for c, v in unlabeled_cases]
-    pending += [(c, v, None, "predict", PREDICT_FOLDER) for c, v in predict_cases]
-    try:
-        for case, volume, label, role, folder in pending:
-            yield len(entries), total_files, volume.GetName()
-            image_rel = f"{folder}/{case.id}{file_suffix}"
-            write_image(job_dir / image_rel, case.image, case)
-            entry = _Entry(role, case.id, image_rel, volume.GetID(), volume.GetName())
-            entries.append(entry)
-            if label is not None:
-                entry.label, entry.label_node_id, entry.label_node_name = (
-                    f"{DATASET_FOLDER}/labelsTr/{case.id}{file_suffix}", label.GetID(), label.GetName())
-                write_label(job_dir / entry.label, case.label, case)
-    except OSError as exc:
-        raise DataError(f"cannot write the training data into {job_dir}: {exc.strerror or exc}") from exc
-    except GeneratorExit:  # cancelled part-way: no half-written job is left behind
-        _remove_written(job_dir, [job_dir / p for e in entries for p in (e.image, e.label) if p])
-        raise
-    yield total_files, total_files, ""
 
-    has_dataset = bool(labeled_cases)
+    has_dataset = bool(labeled_pairs)
     # without labeled cases (a predict-only job) the unlabeled volumes are just more volumes to predict
     predict_files = [job_dir / e.image for e in entries
                      if e.role == "predict" or (not has_dataset and predict_unlabeled and e.role == "unlabeled")]
