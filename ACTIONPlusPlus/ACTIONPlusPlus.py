@@ -249,6 +249,7 @@ class ACTIONPlusPlusWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, Ca
         self.ui.labeledTableWidget.horizontalHeader().setSectionResizeMode(qt.QHeaderView.Stretch)
         self.ui.addPairButton.connect("clicked(bool)", self.onAddPair)
         self.ui.removePairButton.connect("clicked(bool)", self.onRemovePairs)
+        self.ui.correctMappingButton.connect("clicked(bool)", self.onCorrectMapping)
         self.ui.unlabeledListWidget.connect("itemChanged(QListWidgetItem*)", self.onUnlabeledItemChanged)
         self.ui.predictListWidget.connect("itemChanged(QListWidgetItem*)", self.onPredictItemChanged)
         self.ui.trainButton.connect("clicked(bool)", self.onTrainButton)

@@ -14,6 +14,7 @@ from slicer.i18n import tr as _
 
 from ACTIONPlusPlusLib.slicer_bridge import node_selection
 from ACTIONPlusPlusLib.slicer_bridge.panel import selection_checks
+from ACTIONPlusPlusPanel.segment_mapping import editSegmentMapping
 
 
 class CaseListsMixin:
@@ -91,6 +92,22 @@ class CaseListsMixin:
             volume=volume.GetName(), segmentation=segmentation.GetName(), mapping=mapping)
         self.showStatus(text)
         self.appendLog(text)
+
+    def onCorrectMapping(self) -> None:
+        """The mapping dialog for the segmentation of the selected labeled case (else the one picked above)."""
+        rows = sorted({index.row() for index in self.ui.labeledTableWidget.selectionModel().selectedRows()})
+        pairs = self._labeledPairs()
+        node = pairs[rows[0]][1] if rows and rows[0] < len(pairs) else self.ui.labeledSegmentationSelector.currentNode()
+        if node is None or not node.IsA("vtkMRMLSegmentationNode"):
+            return self.showError(_("Select a labeled case whose labels are a segmentation (a labelmap's values are its classes)."))
+        mapping = self._panelSettings().label_mapping
+        if not editSegmentMapping(node, self._preset(), mapping):
+            return
+        problem, text = node_selection.label_summary(node, self._preset(), mapping)
+        if problem:
+            return self.showError(problem)
+        self.showStatus(_("{name}: {mapping}.").format(name=node.GetName(), mapping=text))
+        self.appendLog(_("Segment mapping of {name}: {mapping}.").format(name=node.GetName(), mapping=text))
 
     def onRemovePairs(self) -> None:
         rows = {index.row() for index in self.ui.labeledTableWidget.selectionModel().selectedRows()}

@@ -11,6 +11,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from .panel.selection_checks import segments_problem, selection_problems
+from .segment_classes import NOT_USED, segment_corrections
 
 SOURCE_VOLUME_ATTRIBUTE = "ACTIONPlusPlus.SourceVolumeID"  # set on the nodes a prediction added
 PRESET_ATTRIBUTE = "ACTIONPlusPlus.Preset"  # the preset of the model that made a prediction
@@ -54,6 +55,8 @@ def node_selection_problems(pairs: Sequence[tuple[Any, Any]], unlabeled: Sequenc
     )
     for volume, segmentation in pairs:
         if mapping == "name" and volume is not None and segmentation is not None and segmentation.IsA("vtkMRMLSegmentationNode"):
+            if any(v != NOT_USED for v in segment_corrections(segmentation, preset).values()):
+                continue  # the user mapped segments by hand: checked when the case is built
             problem = segments_problem(segmentation.GetName(), segment_entries(segmentation), preset)
             if problem:
                 problems.append(problem)
@@ -68,10 +71,11 @@ def label_summary(label_node: Any, preset: str, mapping: str = "name") -> tuple[
     values = ", ".join(f"{i.value}={i.name}" for i in terminology.classes(preset))
     if not label_node.IsA("vtkMRMLSegmentationNode"):
         return None, f"voxel values are the classes ({values})"
-    if mapping == "name":
+    corrected = any(v != NOT_USED for v in segment_corrections(label_node, preset).values())
+    if mapping == "name" and not corrected:
         problem = segments_problem(label_node.GetName(), segment_entries(label_node), preset)
         if problem:
-            return problem + " Or match its segments by label value.", ""
+            return problem + " Or match its segments by label value, or pick each segment's class (Segments...).", ""
     from .segmentations import class_mapping_text  # imports slicer: only once a node is there
 
     try:

@@ -8,7 +8,9 @@ Decisions:
 - Segments are matched to classes BY NAME (:mod:`.terminology`: case-insensitive, synonyms, or a name
   that is a class value, "1" / "Label_1"), then by the SNOMED code of their terminology; or, when the
   user picks it (``mapping="value"``), BY LABEL VALUE (a segmentation imported from a label file whose
-  colour table names its values "tissue", "bone", ...); never by order.  Segments matching no class are
+  colour table names its values "tissue", "bone", ...); never by order.  The user's correction of one
+  segment (the panel's mapping dialog: :func:`.segment_classes.set_segment_class`, kept on the node)
+  wins over both.  Segments matching no class are
   ignored; two segments matching the same class are an error (which one is the truth is the user's call).
 - Labelmap volume nodes are taken as values (as label files are).
 - :func:`missing_class_warning`: a labeled case without some of the classes is allowed (partial
@@ -30,6 +32,7 @@ from ..data.types import Case
 from ..errors import DataError
 from . import terminology
 from .geometry import bounds_overlap, node_label, ras_bounds, same_grid
+from .segment_classes import NOT_USED, automatic_class, segment_corrections
 from .volumes import case_from_volume_node, check_scalar_volume
 
 _LOGIC = slicer.vtkSlicerSegmentationsModuleLogic
@@ -60,30 +63,28 @@ def check_mapping(mapping: str) -> str:
     return mapping
 
 
-def _segment_class_value(segment: Any, preset: str, mapping: str) -> int | None:
-    if mapping == "value":
-        value = int(segment.GetLabelValue())
-        return value if value in terminology.class_values(preset) else None
-    value = terminology.class_value_for_segment_name(preset, segment.GetName() or "")
-    if value is None:
-        value = terminology.class_value_for_terminology(preset, segment.GetTerminology() or "")
-    return value
+def _segment_class_value(segment: Any, preset: str, mapping: str, corrected: int | None = None) -> int | None:
+    if corrected is not None:  # the user's choice for this segment
+        return None if corrected == NOT_USED else corrected
+    return automatic_class(segment, preset, mapping)
 
 
 def segment_class_map(segmentation_node: Any, preset: str, mapping: str = "name") -> dict[int, str]:
     """``{class value: segment ID}`` of the segments that name (or code) a class of ``preset``; with
-    ``mapping="value"``, of the segments whose label value is a class value.
+    ``mapping="value"``, of the segments whose label value is a class value; a segment the user mapped by
+    hand (:func:`.segment_classes.segment_corrections`) to the class chosen, or left out.
 
     Raises DataError when two segments claim the same class.
     """
     check_mapping(mapping)
     segmentation = segmentation_node.GetSegmentation()
+    corrections = segment_corrections(segmentation_node, preset)
     found: dict[int, tuple[str, str]] = {}
     for index in range(segmentation.GetNumberOfSegments()):
         segment_id = segmentation.GetNthSegmentID(index)
         segment = segmentation.GetNthSegment(index)
         name = segment.GetName() or ""
-        value = _segment_class_value(segment, preset, mapping)
+        value = _segment_class_value(segment, preset, mapping, corrections.get(segment_id))
         if value is None:
             continue
         if value in found:
@@ -114,7 +115,9 @@ def class_mapping_text(segmentation_node: Any, preset: str, mapping: str = "name
     :func:`segment_class_map`)."""
     segmentation = segmentation_node.GetSegmentation()
     class_map = segment_class_map(segmentation_node, preset, mapping)
+    corrected = segment_corrections(segmentation_node, preset)
     return ", ".join(f"{terminology.class_info(preset, value).name} <- '{segmentation.GetSegment(sid).GetName()}'"
+                     + (" (your choice)" if sid in corrected else "")
                      for value, sid in class_map.items()) or "no class"
 
 
