@@ -270,7 +270,7 @@ class ACTIONPlusPlusWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, Ca
         worker, which saves its checkpoint first; never leave it running without its panel."""
         if self._run is not None:
             self._run.worker.cancel()
-        for timer in (self._timer, self._probeTimer):
+        for timer in (self._timer, self._probeTimer, self._sliceTimer):
             if timer is not None:
                 timer.stop()
         mainWindow = slicer.util.mainWindow()
@@ -301,7 +301,9 @@ class ACTIONPlusPlusWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, Ca
         ScriptedLoadableModuleWidget.onReload(self)
 
     def onSceneStartClose(self, caller, event) -> None:
-        run = self._run
+        if self._task is not None:  # writing the job from, or loading results into, the scene that goes away
+            self._task.cancel()
+        run = self._run if self._task is None else None  # (a run loading its results has no worker left)
         if run is not None:
             # the scene goes away under the run: ask whether to stop it; either way nothing is loaded into
             # the next scene (the volumes are gone), and the files stay in the run folder
