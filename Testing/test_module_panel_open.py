@@ -120,6 +120,5 @@ def test_train_and_predict_clicks_go_through_the_run_gate():
     assert "self._gate.controls_enabled" in methods["updateButtons"] and "self._gate.cancellable" in methods["updateButtons"]
     watch = (REPO / "ACTIONPlusPlus" / "ACTIONPlusPlusPanel" / "run_watch.py").read_text()
     # the job is written a volume per tick; sliced_task.tick_preparation starts the worker or frees the panel
-    assert "self._gate.started()" in watch and "sliced_task.tick_preparation(" in watch
-    # a refused preparation, a failing slice, a watching error, the run's end
-    assert watch.count("self._gate.finished()") == 4
+    assert "run_gate.begin_guarded(" in watch and "self._gate.started()" in watch and "sliced_task.tick_preparation(" in watch
+    assert watch.count("self._gate.finished()") == 3  # a failing slice, a watching error, the run's end

@@ -6,25 +6,36 @@ from __future__ import annotations
 
 import pytest
 
-from ACTIONPlusPlusLib.slicer_bridge.panel import run_gate, selection_checks
+from ACTIONPlusPlusLib.slicer_bridge.panel import run_gate, selection_checks, sliced_task
 
 
 class Panel:
-    """What the module does on a click, with the worker start and the event loop as fakes."""
+    """What the module does on a click (run_watch._runGuarded, onSliceTick), with the worker start and
+    the event loop's timer ticks as fakes."""
 
     def __init__(self):
         self.gate = run_gate.RunGate()
         self.workers, self.errors, self.enabled = [], [], []
-        self.during_export = None  # a click that arrives while the cases are written (processEvents)
+        self.during_export = None  # a click that arrives between two ticks of the job's writing
 
     def click(self, kind="train"):
-        return run_gate.run_guarded(self.gate, kind, self.prepare, self.start, self.errors.append, self.refresh)
+        task = run_gate.begin_guarded(self.gate, kind, self.prepare, self.errors.append, self.refresh)
+        if task is None:
+            return False
+        while sliced_task.tick_preparation(self.gate, task, self.start, self.errors.append, lambda: None):
+            if self.during_export is not None:  # the event loop runs between two ticks: a click may arrive
+                self.during_export()
+        self.refresh()
+        return self.gate.state == run_gate.RUNNING
 
     def prepare(self):
         assert not self.gate.controls_enabled, "the panel is enabled while the job is prepared"
-        if self.during_export is not None:
-            self.during_export()
-        return "job.json"
+
+        def steps():
+            yield 0, 1, "MRI 1"
+            return "job.json"
+
+        return sliced_task.SlicedTask(steps(), "Writing")
 
     def start(self, job):
         self.workers.append(job)
@@ -63,6 +74,16 @@ def test_a_failed_preparation_enables_the_panel_again():
     assert panel.click() is False
     assert [str(e) for e in panel.errors] == ["no labeled case"] and panel.workers == []
     assert panel.gate.state == run_gate.IDLE and panel.enabled == [False, True] and not panel.gate.cancellable
+
+
+def test_a_cancel_while_the_job_is_written_enables_the_panel_again():
+    panel = Panel()
+    tasks = []
+    prepare = panel.prepare
+    panel.prepare = lambda: tasks.append(prepare()) or tasks[-1]
+    panel.during_export = lambda: tasks[-1].cancel()
+    assert panel.click() is False and panel.workers == [] and panel.errors == []
+    assert panel.gate.controls_enabled and tasks[-1].state == sliced_task.CANCELLED
 
 
 def test_cancel_is_offered_only_once_a_worker_runs():

@@ -15,7 +15,7 @@ import slicer
 from slicer.i18n import tr as _
 
 from ACTIONPlusPlusLib.slicer_bridge import charts, module_jobs
-from ACTIONPlusPlusLib.slicer_bridge.panel import active_run, formatting, model_list, sliced_task
+from ACTIONPlusPlusLib.slicer_bridge.panel import active_run, formatting, model_list, run_gate, sliced_task
 
 
 class RunWatchMixin:
@@ -31,16 +31,12 @@ class RunWatchMixin:
         """A Train / Predict click: refused while anything is under way; the panel stays disabled from
         here until the run ends. ``prepare()`` (dependencies, every check) returns the task that writes
         the job, one volume per tick; the worker starts when it is written (``sliced_task.tick_preparation``)."""
-        if not self._gate.begin(kind):
+        if not self._gate.controls_enabled:
             return self.showStatus(_("A run is being prepared or running: wait for it, or cancel it."))
         self.clearMessages()
-        self.updateButtons()
-        try:
-            task = prepare()
-        except Exception as exc:  # a refused selection, a full disk: nothing was written
-            self._gate.finished()
-            self.showError(exc)
-            return self.updateButtons()
+        task = run_gate.begin_guarded(self._gate, kind, prepare, self.showError, self.updateButtons)
+        if task is None:  # refused, or the checks failed (said, the panel usable again)
+            return
         self._startSlices(task, lambda t: sliced_task.tick_preparation(
             self._gate, t, lambda jobPath: self._startRun(jobPath, kind), self.showError,
             lambda: self.showStatus(_("Cancelled before the worker started: nothing was run, nothing kept."))))

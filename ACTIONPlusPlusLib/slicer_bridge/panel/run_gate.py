@@ -1,7 +1,8 @@
 """One run at a time, from the first click on: the panel's Train / Predict state machine (pure Python).
 
-``idle`` -> ``preparing`` (the first click: dependencies, the job folder being written, with the event
-loop running in between) -> ``running`` (the run object owns the worker) -> ``idle``.  A click while
+``idle`` -> ``preparing`` (the first click: dependencies, the checks, then the job folder written one
+volume per timer tick, with the event loop running in between) -> ``running`` (the run object owns the
+worker) -> ``idle``.  A click while
 ``preparing`` or ``running`` is refused, so a second Train during the export can never start a second
 worker that nothing watches; the panel's controls are disabled in both states (``controls_enabled``).
 A failed preparation goes back to ``idle``.
@@ -49,24 +50,20 @@ class RunGate:
         self.state, self.kind = IDLE, None
 
 
-def run_guarded(gate: RunGate, kind: str, prepare: Callable[[], Any], start: Callable[[Any], Any],
-                on_error: Callable[[Exception], Any], refresh: Callable[[], Any]) -> bool:
-    """The panel's click handler: refuse a click while anything is under way, else disable the panel
-    (``refresh`` reads ``gate``), ``prepare()`` the job (it may run the event loop: a click there is
-    refused), ``start(job)`` the worker (the caller calls ``gate.started()`` once the run object holds
-    it).  Any failure goes to ``on_error`` and makes the panel usable again.  True when a run started."""
+def begin_guarded(gate: RunGate, kind: str, prepare: Callable[[], Any], on_error: Callable[[Exception], Any],
+                  refresh: Callable[[], Any]) -> Any:
+    """The panel's Train / Predict click: None when refused (anything under way), else the panel is
+    disabled (``refresh`` reads ``gate``) and ``prepare()`` runs the checks and returns the work that
+    writes the job (a ``sliced_task.SlicedTask``: stepped by the panel's timer, the event loop running in
+    between, where a click is refused; ``sliced_task.tick_preparation`` then starts the worker).  A failed
+    preparation goes to ``on_error``, makes the panel usable again and returns None."""
     if not gate.begin(kind):
-        return False
+        return None
     refresh()
     try:
-        start(prepare())
-        if gate.state != RUNNING:
-            gate.started()
-        return True
-    except Exception as exc:  # noqa: BLE001 - every failure ends in the panel, controls enabled
-        if gate.state == PREPARING:  # (once running, the run object owns the worker and ends the run)
-            gate.finished()
+        return prepare()
+    except Exception as exc:  # noqa: BLE001 - a refused selection, a full disk: nothing was written
+        gate.finished()
         on_error(exc)
-        return False
-    finally:
         refresh()
+        return None
