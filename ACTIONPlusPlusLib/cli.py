@@ -11,6 +11,7 @@ import argparse
 import difflib
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -376,6 +377,27 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def model_card(path: Path) -> dict:
+    """What ``model.pt`` says of itself: preset, classes, mode, cases, iterations, device, when, versions."""
+    from .model_io import load_model, read_model_meta
+
+    _, cfg = load_model(path)  # checks the file (format, checksum, weights) before anything is printed
+    meta = read_model_meta(path)
+    card = {"model": str(path), "preset": cfg.preset, "classes": list(cfg.foreground_names), "patch_size": list(cfg.patch_size)}
+    for key in ("mode", "labeled_cases", "unlabeled_cases", "iterations", "device", "saved_at", "dataset",
+                "actionpp_version", "torch_version"):
+        if key in meta:
+            card[key] = meta[key]
+    if isinstance(card.get("saved_at"), (int, float)):
+        card["saved_at"] = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(card["saved_at"]))
+    return card
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    print(json.dumps(model_card(args.model), indent=2, default=str))
+    return EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -426,6 +448,10 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", choices=["acdc", "la"], help="refuse a model trained for another preset")
     p.add_argument("--device", default=None)
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("info", help="what a model.pt was trained on: preset, cases, iterations, device, date")
+    p.add_argument("--model", required=True, type=Path)
+    p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("demo", help="phantom data, ACTION++ vs supervised-only, on CPU in a few minutes")
     p.add_argument("--out", type=Path, default=Path("demo_output"))

@@ -25,6 +25,12 @@ def test_train_predict_evaluate(tmp_path, capsys):
     assert code == 0
     assert json.loads((run / "config.json").read_text())["base_channels"] == 4
     assert (run / "model.pt").is_file()
+    capsys.readouterr()
+    assert main(["info", "--model", str(run / "model.pt")]) == 0  # the model carries its card
+    card = json.loads(capsys.readouterr().out)
+    assert card["preset"] == "acdc" and card["classes"] == ["RV", "Myo", "LV"] and card["mode"] == "actionpp"
+    assert (card["labeled_cases"], card["unlabeled_cases"], card["device"]) == (2, 2, "cpu")
+    assert card["iterations"] == 4 and card["saved_at"][:2] == "20"
 
     out = tmp_path / "pred"
     assert main(["predict", "--model", str(run / "model.pt"), "--input", str(data / "imagesTs"), "--output", str(out),

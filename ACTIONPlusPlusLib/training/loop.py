@@ -514,7 +514,8 @@ def train(cfg: Config, labeled: list[Case], unlabeled: list[Case], out_dir: str 
         model_path = None
         if export and not stopped and dist_utils.is_main_process():
             model_path = save_model(out_dir / MODEL_NAME, trainer.exported_network(), cfg, iterations=trainer.tracker.overall_total,
-                                    dataset=fingerprint)
+                                    dataset=fingerprint, labeled_cases=len(labeled), unlabeled_cases=len(unlabeled),
+                                    device=str(trainer.device), mode=cfg.mode)
         dist_utils.barrier()
     finally:
         run.release()
