@@ -16,26 +16,16 @@ from unittest import mock
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from module_loading import REPO, Stub, i18n_stub
+
 slicer = pytest.importorskip("slicer", reason="slicer-core is not installed (pip install slicer-core==5.11.0.6)")
-
-
-class _Stub(types.ModuleType):
-    def __getattr__(self, name):
-        if name.startswith("__"):
-            raise AttributeError(name)
-        value = mock.MagicMock(name=f"{self.__name__}.{name}")
-        setattr(self, name, value)
-        return value
 
 
 @pytest.fixture
 def mixin(monkeypatch):
     """ACTIONPlusPlusPanel.model_list imported with qt and slicer.i18n stood in for."""
-    i18n = _Stub("slicer.i18n")
-    i18n.tr = lambda text: text
-    monkeypatch.setitem(sys.modules, "qt", _Stub("qt"))
-    monkeypatch.setitem(sys.modules, "slicer.i18n", i18n)
+    monkeypatch.setitem(sys.modules, "qt", Stub("qt"))
+    monkeypatch.setitem(sys.modules, "slicer.i18n", i18n_stub())
     monkeypatch.syspath_prepend(str(REPO / "ACTIONPlusPlus"))
     monkeypatch.delitem(sys.modules, "ACTIONPlusPlusPanel.model_list", raising=False)
     module = importlib.import_module("ACTIONPlusPlusPanel.model_list")

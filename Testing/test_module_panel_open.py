@@ -11,17 +11,11 @@ from __future__ import annotations
 
 import ast
 import importlib.util
-import json
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-MODULE_FILE = REPO / "ACTIONPlusPlus" / "ACTIONPlusPlus.py"
+from module_loading import MODULE_FILE, REPO, last_json, run_module_script
 
 pytest.importorskip("slicer", reason="slicer-core is not installed (pip install slicer-core==5.11.0.6)")
 if importlib.util.find_spec("torch") is None:  # pragma: no cover - the check needs an importable torch
@@ -31,36 +25,10 @@ SCRIPT = textwrap.dedent(r'''
     import importlib.util, json, sys, types
     from unittest import mock
 
-    class Stub(types.ModuleType):
-        """A module whose every missing attribute is a MagicMock (qt, the scripted-module bases)."""
-        def __getattr__(self, name):
-            if name.startswith("__"):
-                raise AttributeError(name)
-            value = mock.MagicMock(name=f"{self.__name__}.{name}")
-            setattr(self, name, value)
-            return value
-
-    class Base:
-        def __init__(self, *args, **kwargs):
-            pass
+    from module_loading import install_application_stand_ins  # standard library only: no torch
 
     import slicer, slicer.util
-    qt = Stub("qt")
-    sys.modules["qt"] = qt
-    slicer.app = mock.MagicMock(name="slicer.app")
-    slm = Stub("slicer.ScriptedLoadableModule")
-    slm.ScriptedLoadableModule = type("ScriptedLoadableModule", (Base,), {})
-    slm.ScriptedLoadableModuleLogic = type("ScriptedLoadableModuleLogic", (Base,), {})
-    slm.ScriptedLoadableModuleWidget = type("ScriptedLoadableModuleWidget", (Base,), {})
-    slicer.util.VTKObservationMixin = type("VTKObservationMixin", (Base,), {})
-    i18n = Stub("slicer.i18n")
-    i18n.tr = lambda text: text
-    i18n.translate = lambda context, text: text
-    pnw = Stub("slicer.parameterNodeWrapper")
-    pnw.parameterNodeWrapper = lambda cls: cls
-    for name, module in (("ScriptedLoadableModule", slm), ("i18n", i18n), ("parameterNodeWrapper", pnw)):
-        sys.modules["slicer." + name] = module
-        setattr(slicer, name, module)
+    install_application_stand_ins(slicer)  # qt, slicer.app, the scripted-module bases, slicer.i18n...
 
     imported = []
 
@@ -89,13 +57,9 @@ SCRIPT = textwrap.dedent(r'''
 
 
 def test_opening_the_panel_does_not_import_torch(tmp_path):
-    script = tmp_path / "open_panel.py"
-    script.write_text(SCRIPT)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "ACTIONPlusPlus")]), OMP_NUM_THREADS="1")
-    done = subprocess.run([sys.executable, str(script), str(MODULE_FILE)], capture_output=True, text=True, env=env,
-                          timeout=600, cwd=tmp_path)
+    done = run_module_script(tmp_path, "open_panel.py", SCRIPT)
     assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result = last_json(done)
     assert result["torchInstalled"] == [], "the PyTorch extension's torchInstalled() imports torch"
     assert result["torch"] is False, "torch was imported into Slicer's process when the panel opened"
     assert result["probe"] == [True], "the device probe (a child process) was not started"

@@ -238,7 +238,7 @@ def test_job_options_are_accepted_by_write_training_job(tmp_path):
     from ACTIONPlusPlusLib.slicer_bridge.job_folder import write_training_job
 
     accepted = api_versions.accepted_keywords(write_training_job)
-    # write_training_job spells out its keywords (no **kwargs): a renamed one must show here
+    # write_training_job's signature spells out its keywords (iter_training_job's): a renamed one must show here
     assert isinstance(accepted, set), accepted
     settings = job_options.PanelSettings(preset="acdc", budget_mode="quick", device="CPU", confidence=True,
                                 output_root=str(tmp_path))

@@ -9,6 +9,7 @@ is validated with the reader the worker uses.  Nothing in the scene is modified.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import shutil
@@ -80,39 +81,6 @@ def run_steps(steps: Steps, progress: Progress | None = None) -> Any:
             return stop.value
         if progress is not None:
             progress(done, total, name)
-
-
-def write_training_job(
-    scene: Any,
-    labeled_pairs: Sequence[tuple[Any, Any]],
-    unlabeled_volume_nodes: Iterable[Any],
-    predict_volume_nodes: Iterable[Any],
-    job_dir: str | Path,
-    preset: str,
-    *,
-    mode: str = "train",
-    output_dir: str | Path | None = None,
-    model: str | Path | None = None,
-    resume: bool = False,
-    overrides: dict[str, Any] | None = None,
-    device: str = "auto",
-    seed: int = 1337,
-    write_confidence: bool = False,
-    predict_unlabeled: bool = True,
-    file_suffix: str = ".nrrd",
-    overwrite: bool = False,
-    progress: Progress | None = None,
-    label_mapping: str = "name",
-    warnings: list[str] | None = None,
-) -> Path:
-    """:func:`iter_training_job` in one go (same arguments); ``progress(done, total, name)`` is told
-    before each volume is written.  Returns job.json's path."""
-    steps = iter_training_job(
-        scene, labeled_pairs, unlabeled_volume_nodes, predict_volume_nodes, job_dir, preset, mode=mode,
-        output_dir=output_dir, model=model, resume=resume, overrides=overrides, device=device, seed=seed,
-        write_confidence=write_confidence, predict_unlabeled=predict_unlabeled, file_suffix=file_suffix,
-        overwrite=overwrite, label_mapping=label_mapping, warnings=warnings)
-    return run_steps(steps, progress)
 
 
 def iter_training_job(
@@ -298,3 +266,20 @@ def iter_training_job(
         job_path.unlink(missing_ok=True)  # never leave a job behind that the worker would reject
         raise
     return job_path
+
+
+def write_training_job(*args: Any, progress: Progress | None = None, **kwargs: Any) -> Path:
+    """:func:`iter_training_job` in one go (same arguments, plus ``progress``): ``progress(done, total,
+    name)`` is told before each volume is written.  Returns job.json's path."""
+    return run_steps(iter_training_job(*args, **kwargs), progress)
+
+
+# What inspect shows (the panel's api_versions, the tests): iter_training_job's parameters, spelled out
+# once there, plus ``progress``; exactly the arguments the call above accepts.
+_steps_signature = inspect.signature(iter_training_job)
+write_training_job.__signature__ = _steps_signature.replace(  # type: ignore[attr-defined]
+    parameters=[*_steps_signature.parameters.values(),
+                inspect.Parameter("progress", inspect.Parameter.KEYWORD_ONLY, default=None, annotation="Progress | None")],
+    return_annotation="Path",
+)
+del _steps_signature
