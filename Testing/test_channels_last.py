@@ -66,12 +66,17 @@ def test_training_channels_last_equals_channels_first_up_to_rounding(cardiac, tm
         assert _channels_last(trainer.student) == channels_last
         assert _channels_last(trainer.teacher) == channels_last
         losses = []
-        for _ in range(4):
+        for step in range(4):
             loss, parts, _, _ = trainer.step_once(trainer.phases[2])
             trainer.iteration += 1
             losses.append(loss.item())
+            # the weights are compared after two steps: from the third on, a rounding-level difference
+            # can flip one of AnCo's or SAACL's discrete choices (a hard query at the 0.97 threshold, a
+            # balanced-mask rank), and at the ACDC weights of 0.1 that grows the weights' gap ~100-fold
+            # a step (1e-4 after four), while a layout bug shows in the first step's loss
+            if step == 1:
+                teacher = {k: v.detach().clone() for k, v in trainer.teacher.state_dict().items()}
         assert parts["anco"] > 0 and parts["saacl"] > 0  # the contrastive terms ran on the features
-        teacher = {k: v.detach().clone() for k, v in trainer.teacher.state_dict().items()}
         exported = trainer.exported_network()
         runs[channels_last] = (losses, teacher, exported)
     assert runs[True][0] == pytest.approx(runs[False][0], rel=1e-4)

@@ -1,5 +1,5 @@
 """ACTION++ must beat supervised-only where the product promises it, and its semi-supervised terms must
-not undo what copy-paste gives.
+not fall behind what copy-paste alone gives.
 
 The panel's quick budget on real ACDC scans (64x64, 600 iterations, 3 labeled patients; the
 configuration of ``bench/small_acdc.py``), two seeds, three arms of the ablation bench
@@ -7,17 +7,19 @@ configuration of ``bench/small_acdc.py``), two seeds, three arms of the ablation
 the pseudo-label, AnCo and SAACL weights at 0: labeled ground truth pasted into unlabeled images).
 Same labeled slices, iterations, seed and network; scored on the 20 validation volumes.
 
-Margins, from the measurements. This test's own six runs (two threads, 2026-12-06, the models scored
-afterwards): ACTION++ 60.92 / 60.76, paste-only 59.26 / 58.04, supervised-only 49.85 / 52.38 at seeds
-1337 / 1.  One thread (``bench/small_acdc.py --arms all --seeds 1337,1,2``, docs/BENCHMARKS.md): ACTION++
-58.63 / 61.60, paste-only 61.03 / 59.24, supervised-only 50.09 / 54.38.  The test asks for +3 per seed
-and +5 on the mean over supervised-only (the spec's configuration, 9.30 against 40.86 at seed 1337,
-fails it by far); at seed 1337 for paste-only +3 over supervised-only (the copy-paste with unlabeled
-images works) and for ACTION++ within 3 points of paste-only: at this budget its pseudo-labels add
-about a point and AnCo and SAACL do not measurably help (docs/DESIGN.md), and one thread's rounding
-alone moved ACTION++ from 1.7 above paste-only to 2.4 below it at seed 1337, but a term that teaches
-wrong labels (a collapsed teacher, pseudo-labels from the student) costs far more than that.  About 15
-minutes on two cores (an AMD EPYC without AVX-512; with paste-only at both seeds it took 19).
+Margins, from the measurements. This test's own runs (two threads, 2026-12-06, the ACDC weights of
+AnCo and SAACL at 0.1): ACTION++ 61.68 / 62.60, paste-only 59.26, supervised-only 49.85 / 52.38 at
+seeds 1337 / 1.  One thread (``bench/small_acdc.py --arms all --seeds 1337,1,2,3,4,5``,
+docs/BENCHMARKS.md): ACTION++ ahead of paste-only on six seeds of six, by 1.25 to 4.67 (+2.88 at 1337),
+and of supervised-only by 7.48 or more.  The test asks for +3 per seed and +5 on the mean over
+supervised-only (the spec's configuration, 9.30 against 40.86 at seed 1337, fails it by far); at seed
+1337 for paste-only +3 over supervised-only (the copy-paste with unlabeled images works) and for
+ACTION++ at most 1 point under paste-only: its own parts (pseudo-labels, AnCo, SAACL) add 1.3-4.7
+points there, but rounding alone moves one run 2-3 points (one thread against two), so the test does
+not ask for their whole gain.  A term that teaches wrong labels (a collapsed teacher, pseudo-labels
+from the student) costs far more and fails it; the old weights of 0.01, which added nothing on the
+mean, do not reliably (2.4 under paste-only at this seed at one thread, 1.7 above at two).  About 15
+minutes on two cores (an AMD EPYC without AVX-512).
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ PER_SEED_MARGIN = 0.03
 MEAN_MARGIN = 0.05
 PASTE_SEEDS = (1337,)  # paste-only at one seed: each quick ACTION++ arm is ~4.5 min of CI on two cores
 PASTE_MARGIN = 0.03
-PASTE_TOLERANCE = 0.03
+PASTE_TOLERANCE = 0.01
 
 
 @pytest.mark.slow
