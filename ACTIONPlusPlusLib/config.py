@@ -51,6 +51,10 @@ class Config:
     # then not used (the whole budget fine-tunes).  0: pre-training only as the budget lays it out
     pretrain_cache_iterations: int = 0
     pretrain_cache_dir: str = ""  # "" = $ACTIONPP_CACHE_DIR or the user's cache folder
+    # what a run takes from the cached pre-training: "network" = every weight (spec 1: fine-tuning starts
+    # from the pre-trained student); "encoder" = the encoder's weights only, the decoder starts fresh (as
+    # self-supervised pre-training is usually transferred).  Not part of the cache key: one entry serves both
+    pretrain_transfer: str = "network"
 
     # --- batches (D12) ----------------------------------------------------------------------------
     pretrain_labeled_batch: int = 4
@@ -320,6 +324,8 @@ class Config:
         if int(self.pretrain_cache_iterations) < -1:
             raise ValueError(f"pretrain_cache_iterations must be -1 (automatic), 0 (off) or a number of iterations, "
                              f"got {self.pretrain_cache_iterations}")
+        if self.pretrain_transfer not in ("network", "encoder"):
+            raise ValueError(f"pretrain_transfer must be 'network' or 'encoder', got {self.pretrain_transfer!r}")
         if self.reliability_source not in ("agreement", "labeled"):
             raise ValueError(f"reliability_source must be 'agreement' or 'labeled', got {self.reliability_source!r}")
         if self.pseudo_threshold_mode not in ("classwise", "fixed", "balanced"):

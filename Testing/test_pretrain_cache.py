@@ -65,6 +65,41 @@ def test_second_run_reuses_the_pretraining_and_fine_tunes_from_it(cardiac, tmp_p
     assert (a[key] - stored[key]).norm() < (c[key] - stored[key]).norm()
 
 
+def test_encoder_transfer_takes_the_encoder_from_the_cache_and_a_fresh_decoder(cardiac, tmp_path) -> None:
+    """``pretrain_transfer=encoder``: the same cache entry, but only the contracting path starts from it."""
+    _run(_cfg(tmp_path), cardiac, tmp_path / "made")  # makes the entry
+    stored = load_checkpoint(next((tmp_path / "cache").glob("*.pt")))["student"]
+
+    def start(out, **kw):  # the student fine-tuning starts from: stopped before its first step
+        result = train(_cfg(tmp_path, **kw), cardiac.labeled, cardiac.unlabeled, tmp_path / out, should_stop=lambda: True)
+        assert result.stopped
+        return load_checkpoint(result.checkpoint_path)["student"]
+
+    network, encoder, fresh = start("a"), start("e", pretrain_transfer="encoder"), start("c", pretrain_cache_iterations=0)
+    assert len(list((tmp_path / "cache").glob("*.pt"))) == 1  # one entry serves both transfers
+    enc = {k for k in stored if k.startswith(("inc.", "down."))}
+    dec = {k for k in stored if k.startswith(("up.", "out."))}
+    assert enc and dec and enc | dec == set(stored)
+    assert all(torch.equal(network[k], stored[k]) for k in stored)  # the default: every weight
+    assert all(torch.equal(encoder[k], stored[k]) for k in enc)
+    assert all(torch.equal(encoder[k], fresh[k]) for k in dec)
+    assert not torch.equal(fresh["inc.block.0.weight"], stored["inc.block.0.weight"])  # pre-training moved it
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+def test_every_network_names_its_encoder(dim) -> None:
+    from ACTIONPlusPlusLib.models import build_network, encoder_state
+
+    net = build_network(preset("acdc" if dim == 2 else "la", base_channels=2))
+    state = net.state_dict()
+    encoder = encoder_state(net, state)
+    tops = {k.split(".", 1)[0] for k in state}
+    assert set(net.ENCODER) <= tops  # no name that matches nothing
+    assert encoder and "out.weight" not in encoder and len(encoder) < len(state)
+    with pytest.raises(ValueError, match="pretrain_transfer"):
+        preset("acdc", pretrain_transfer="decoder")
+
+
 def test_the_key_follows_the_images_and_pretraining_settings_not_the_labels(cardiac, tmp_path) -> None:
     cfg = _cfg(tmp_path)
     key = pretrain_cache.cache_key(cfg, cardiac.labeled, cardiac.unlabeled)

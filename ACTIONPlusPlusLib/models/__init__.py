@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from torch import nn
+from torch import Tensor, nn
 
 from .common import NetOutput
 from .unet2d import UNet2D
@@ -16,4 +16,10 @@ def build_network(cfg) -> nn.Module:
     return VNet3D(in_channels=1, num_classes=cfg.num_classes, base=cfg.base_channels)
 
 
-__all__ = ["NetOutput", "UNet2D", "VNet3D", "build_network"]
+def encoder_state(network: nn.Module, state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The entries of ``state`` (a state dict of ``network``'s kind) that belong to its encoder, the
+    top-level modules named in the network's ``ENCODER``."""
+    return {k: v for k, v in state.items() if k.split(".", 1)[0] in network.ENCODER}
+
+
+__all__ = ["NetOutput", "UNet2D", "VNet3D", "build_network", "encoder_state"]

@@ -48,6 +48,8 @@ class Up(nn.Module):
 class UNet2D(nn.Module):
     """Returns logits, latent = bottleneck x4, features [x4, d1, d2, d3, d4] (496 channels at base 16)."""
 
+    ENCODER = ("inc", "down")  # the top-level modules of the contracting path (models.encoder_state)
+
     def __init__(self, in_channels: int = 1, num_classes: int = 4, base: int = 16) -> None:
         super().__init__()
         ch = [base, base * 2, base * 4, base * 8, base * 16]

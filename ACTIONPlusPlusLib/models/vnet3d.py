@@ -26,6 +26,9 @@ def _up(cin: int, cout: int) -> nn.Sequential:
 class VNet3D(nn.Module):
     """Returns logits, latent = u5 (first decoder stage, as the authors' code), features [u5, u6, u7, u8, x9]."""
 
+    # the top-level modules of the contracting path, bottleneck included (models.encoder_state)
+    ENCODER = ("block1", "down1", "block2", "down2", "block3", "down3", "block4", "down4", "block5")
+
     def __init__(self, in_channels: int = 1, num_classes: int = 2, base: int = 16) -> None:
         super().__init__()
         c = [base, base * 2, base * 4, base * 8, base * 16]

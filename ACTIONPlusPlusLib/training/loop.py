@@ -34,7 +34,7 @@ from ..device import autocast as device_autocast
 from ..device import channels_last_2d, resolve_device, tune_backends
 from ..errors import DataError, ModelFileError, TrainingError
 from ..io_utils import check_writable_dir
-from ..models import build_network
+from ..models import build_network, encoder_state
 from ..schedules import ats_temperature, ema_update, poly_lr, set_lr, sigmoid_rampup
 from .batches import BatchSource
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -503,6 +503,8 @@ def train(cfg: Config, labeled: list[Case], unlabeled: list[Case], out_dir: str 
             pretrained = _cached_pretraining(cfg, labeled, unlabeled, callback, should_stop, trainer.device)
             if pretrained is None:  # stopped while pre-training: its own checkpoint resumes next time
                 return TrainResult(None, checkpoint_path, out_dir / "config.json", True, 0, warnings)
+            if cfg.pretrain_transfer == "encoder":  # the decoder keeps its fresh weights
+                pretrained = {**trainer.student.state_dict(), **encoder_state(trainer.student, pretrained)}
             trainer.student.load_state_dict(pretrained)
             trainer.teacher.load_state_dict(pretrained)
             torch.manual_seed(cfg.seed + dist_utils.rank())  # as if read from the cache: the same run either way
