@@ -66,7 +66,8 @@ def test_second_run_reuses_the_pretraining_and_fine_tunes_from_it(cardiac, tmp_p
 
 
 def test_encoder_transfer_takes_the_encoder_from_the_cache_and_a_fresh_decoder(cardiac, tmp_path) -> None:
-    """``pretrain_transfer=encoder``: the same cache entry, but only the contracting path starts from it."""
+    """``pretrain_transfer``: the default (encoder) takes only the contracting path from the cache entry,
+    ``network`` the same entry whole."""
     _run(_cfg(tmp_path), cardiac, tmp_path / "made")  # makes the entry
     stored = load_checkpoint(next((tmp_path / "cache").glob("*.pt")))["student"]
 
@@ -75,12 +76,12 @@ def test_encoder_transfer_takes_the_encoder_from_the_cache_and_a_fresh_decoder(c
         assert result.stopped
         return load_checkpoint(result.checkpoint_path)["student"]
 
-    network, encoder, fresh = start("a"), start("e", pretrain_transfer="encoder"), start("c", pretrain_cache_iterations=0)
+    network, encoder, fresh = start("a", pretrain_transfer="network"), start("e"), start("c", pretrain_cache_iterations=0)
     assert len(list((tmp_path / "cache").glob("*.pt"))) == 1  # one entry serves both transfers
     enc = {k for k in stored if k.startswith(("inc.", "down."))}
     dec = {k for k in stored if k.startswith(("up.", "out."))}
     assert enc and dec and enc | dec == set(stored)
-    assert all(torch.equal(network[k], stored[k]) for k in stored)  # the default: every weight
+    assert all(torch.equal(network[k], stored[k]) for k in stored)  # every weight
     assert all(torch.equal(encoder[k], stored[k]) for k in enc)
     assert all(torch.equal(encoder[k], fresh[k]) for k in dec)
     assert not torch.equal(fresh["inc.block.0.weight"], stored["inc.block.0.weight"])  # pre-training moved it
