@@ -51,6 +51,10 @@ class Config:
     # then not used (the whole budget fine-tunes).  0: pre-training only as the budget lays it out
     pretrain_cache_iterations: int = 0
     pretrain_cache_dir: str = ""  # "" = $ACTIONPP_CACHE_DIR or the user's cache folder
+    # the share of the cached iterations in the joint phase (global and local discrimination with the
+    # supervised term, spec 5.3 stage 2); the rest is the warm-up (global discrimination alone, no labels).
+    # 0.5: the code's equal stages (spec 1); 0 = self-supervised pre-training only
+    pretrain_cache_joint_share: float = 0.5
     # what a run takes from the cached pre-training: "encoder" = the encoder's weights, the decoder starts
     # fresh (as self-supervised pre-training is usually transferred); "network" = every weight (spec 1:
     # fine-tuning starts from the pre-trained student).  Quick ACDC budget, 300 cached iterations:
@@ -326,6 +330,8 @@ class Config:
         if int(self.pretrain_cache_iterations) < -1:
             raise ValueError(f"pretrain_cache_iterations must be -1 (automatic), 0 (off) or a number of iterations, "
                              f"got {self.pretrain_cache_iterations}")
+        if not 0.0 <= float(self.pretrain_cache_joint_share) <= 1.0:
+            raise ValueError(f"pretrain_cache_joint_share must be between 0 and 1, got {self.pretrain_cache_joint_share}")
         if self.pretrain_transfer not in ("network", "encoder"):
             raise ValueError(f"pretrain_transfer must be 'network' or 'encoder', got {self.pretrain_transfer!r}")
         if self.reliability_source not in ("agreement", "labeled"):

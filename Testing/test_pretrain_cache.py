@@ -183,3 +183,21 @@ def test_automatic_length_is_the_papers_ratio_of_pretraining_to_fine_tuning() ->
                                  images.labeled, images.unlabeled)
     with pytest.raises(ValueError):
         preset("acdc", pretrain_cache_iterations=-2)
+
+
+def test_joint_share_lays_out_the_cached_pretraining_and_keys_its_entry(cardiac, tmp_path) -> None:
+    """``pretrain_cache_joint_share`` splits the cached iterations between the warm-up (no labels) and
+    the joint phase; 0 pre-trains without labels, and each split is its own entry."""
+    for share, expected in ((0.5, (3, 3)), (0.0, (6, 0)), (1.0, (0, 6)), (0.25, (4, 2))):
+        run = pretrain_cache.pretraining_config(_cfg(tmp_path, pretrain_cache_joint_share=share))
+        assert (run.pretrain_warmup_iterations, run.pretrain_joint_iterations) == expected
+    self_supervised = _cfg(tmp_path, pretrain_cache_joint_share=0.0)
+    _, events = _run(self_supervised, cardiac, tmp_path / "a")
+    assert _phases(events) == ["warmup", "finetune"]  # the cached run had no joint phase
+    assert [e["cached"] for e in events if e["event"] == "pretraining"] == [False]
+    assert len(list((tmp_path / "cache").glob("*.pt"))) == 1
+    _, events = _run(_cfg(tmp_path), cardiac, tmp_path / "b")  # the default split is another entry
+    assert _phases(events) == ["warmup", "joint", "finetune"]
+    assert len(list((tmp_path / "cache").glob("*.pt"))) == 2
+    with pytest.raises(ValueError, match="pretrain_cache_joint_share"):
+        preset("acdc", pretrain_cache_joint_share=1.5)

@@ -43,6 +43,7 @@ PRETRAIN_KEYS = (
     "local_stride_depth", "isd_queue_size", "warmup_tau_student", "warmup_tau_teacher", "weight_global",
     "weight_local", "local_intended_reshape", "tau_min", "tau_max", "ats_periods", "geometric_augmentation",
     "intensity_augmentation", "jitter_strength", "grad_clip", "seed", "amp", "cpu_bf16", "pretrain_cache_iterations",
+    "pretrain_cache_joint_share",
 )
 
 ENTRY_FORMAT = "actionpp-pretrained"
@@ -80,7 +81,8 @@ def cache_key(cfg, labeled: Sequence[Case], unlabeled: Sequence[Case]) -> str:
 def pretraining_config(cfg):
     """The config of the pre-training run behind a cache entry: the two pre-training phases only."""
     n = cached_pretraining_iterations(cfg)
-    return cfg.replace(budget_iterations=0, pretrain_warmup_iterations=n // 2, pretrain_joint_iterations=n - n // 2,
+    warmup = int(n * (1.0 - float(cfg.pretrain_cache_joint_share)))
+    return cfg.replace(budget_iterations=0, pretrain_warmup_iterations=warmup, pretrain_joint_iterations=n - warmup,
                        finetune_iterations=0, pretrain_cache_iterations=0, checkpoint_every=min(cfg.checkpoint_every, 250))
 
 
