@@ -45,7 +45,7 @@ class Config:
     # real ACDC at 600 iterations, pre-training cost 4 Dice points (docs/DESIGN.md); 0 = full fractions always
     budget_pretrain_full: int = 30000
     # pre-training run once and reused (training/pretrain_cache.py): > 0 pre-trains this many iterations
-    # (warm-up and joint phase, half each) on the run's images, stores the weights under
+    # (warm-up and joint phase, half each by default) on the run's images, stores the weights under
     # pretrain_cache_dir keyed by the images and the settings that shape pre-training, and every later
     # run on the same images starts its fine-tuning from them; the budget's own pre-training share is
     # then not used (the whole budget fine-tunes).  0: pre-training only as the budget lays it out

@@ -191,6 +191,8 @@ def test_joint_share_lays_out_the_cached_pretraining_and_keys_its_entry(cardiac,
     for share, expected in ((0.5, (3, 3)), (0.0, (6, 0)), (1.0, (0, 6)), (0.25, (4, 2))):
         run = pretrain_cache.pretraining_config(_cfg(tmp_path, pretrain_cache_joint_share=share))
         assert (run.pretrain_warmup_iterations, run.pretrain_joint_iterations) == expected
+    run = pretrain_cache.pretraining_config(_cfg(tmp_path, pretrain_cache_iterations=10, pretrain_cache_joint_share=0.9))
+    assert (run.pretrain_warmup_iterations, run.pretrain_joint_iterations) == (1, 9)  # not 0.999... -> 0
     self_supervised = _cfg(tmp_path, pretrain_cache_joint_share=0.0)
     _, events = _run(self_supervised, cardiac, tmp_path / "a")
     assert _phases(events) == ["warmup", "finetune"]  # the cached run had no joint phase

@@ -81,7 +81,7 @@ def cache_key(cfg, labeled: Sequence[Case], unlabeled: Sequence[Case]) -> str:
 def pretraining_config(cfg):
     """The config of the pre-training run behind a cache entry: the two pre-training phases only."""
     n = cached_pretraining_iterations(cfg)
-    warmup = int(n * (1.0 - float(cfg.pretrain_cache_joint_share)))
+    warmup = int(n * (1.0 - float(cfg.pretrain_cache_joint_share)) + 1e-9)  # 10 * (1 - 0.9) is 0.999...
     return cfg.replace(budget_iterations=0, pretrain_warmup_iterations=warmup, pretrain_joint_iterations=n - warmup,
                        finetune_iterations=0, pretrain_cache_iterations=0, checkpoint_every=min(cfg.checkpoint_every, 250))
 
