@@ -173,7 +173,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             print(f"{dataset.layout} data: {len(dataset.labeled)} labeled, {len(dataset.unlabeled)} unlabeled{ranks}",
                   file=sys.stderr)
         reporter = TqdmReporter(sum(p.iterations for p in phases_for(cfg)), quiet=args.quiet or not main_process)
-        stop = _StopFlag()
+        stop = StopFlag()
         try:
             result = train(cfg, dataset.labeled, dataset.unlabeled, args.out, callback=reporter,
                            resume=args.resume, init_model=args.init_model, should_stop=stop, device=device,
@@ -194,7 +194,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-class _StopFlag:
+class StopFlag:
     """Ctrl-C / SIGTERM ask the training loop to save a checkpoint and return (resume continues)."""
 
     def __init__(self) -> None:

@@ -296,7 +296,7 @@ def _probe_and_train(argv: list[str]) -> int:
             polls[0] += 1
             return dist_utils.rank() == int(stop_rank) and polls[0] > int(os.environ["ACTIONPP_TEST_STOP_AFTER"])
 
-        cli._StopFlag.__call__ = should_stop
+        cli.StopFlag.__call__ = should_stop
     return cli.main(argv)
 
 

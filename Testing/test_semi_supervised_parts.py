@@ -1,6 +1,7 @@
 """The parts ACTION++ adds to a supervised baseline, checked where the trainer uses them.
 
-- the ablation bench's arms (bench/ablation.py) each train at a tiny size and switch exactly their part;
+- the ablation bench's arms (bench/ablation.py) each train at a tiny size and switch exactly their part,
+  and ``--resume`` continues an arm that was cut off;
 - the fair baseline (``supervised_copy_paste``) mixes labeled images with their ground truth as
   ACTION++'s strong view mixes labeled and unlabeled ones, and is taught on the mixed images;
 - the reliability gate measures the teacher on the unlabeled images (agreement with their mirror
@@ -128,6 +129,46 @@ def test_the_table_lines_keep_the_last_line_as_it_was() -> None:
 
 
 # --- the fair baseline ------------------------------------------------------------------------------
+class _StopAfter:
+    def __init__(self, calls: int) -> None:
+        self.calls, self.limit = 0, calls
+
+    def __call__(self) -> bool:
+        self.calls += 1
+        return self.calls > self.limit
+
+
+def test_a_resumed_arm_continues_from_its_checkpoint_and_ends_as_an_uninterrupted_one(cardiac, tmp_path) -> None:
+    """``--resume`` (bench/ablation.train_arm): an arm cut off continues from its checkpoint, not from
+    the start, and ends with the weights of the run that was never stopped."""
+    cfg = ablation.arm_config(preset("acdc", **{**SMALL, "budget_iterations": 10, "checkpoint_every": 3}),
+                              "pseudo", 1, {}, {})
+    reference = ablation.train_arm(cfg, cardiac.labeled, cardiac.unlabeled, tmp_path / "a", None, resume=False)
+    first = ablation.train_arm(cfg, cardiac.labeled, cardiac.unlabeled, tmp_path / "b", None, resume=False,
+                               should_stop=_StopAfter(6))
+    assert first.stopped and first.model_path is None
+    events: list[dict] = []
+    resumed = ablation.train_arm(cfg, cardiac.labeled, cardiac.unlabeled, tmp_path / "b", events.append, resume=True)
+    done = [e["overall_iteration"] for e in events if e["event"] == "progress"]
+    assert done and done[0] > 6, done  # went on from the checkpoint: no progress before it
+    a = torch.load(reference.model_path, weights_only=True)["state_dict"]
+    b = torch.load(resumed.model_path, weights_only=True)["state_dict"]
+    for key in a:  # to float rounding, as Testing/test_training.py's exact resume
+        assert torch.allclose(a[key].float(), b[key].float(), rtol=0, atol=1e-6), key
+
+
+def test_resume_starts_an_arm_that_left_no_checkpoint_and_without_it_an_arm_starts_over(cardiac, tmp_path) -> None:
+    """One ``--resume`` finishes a table cut off anywhere: arms not yet started start; without
+    ``--resume`` an earlier run in the folder is set aside, not continued."""
+    cfg = ablation.arm_config(preset("acdc", **{**SMALL, "budget_iterations": 4}), "supervised", 1, {}, {})
+    started = ablation.train_arm(cfg, cardiac.labeled, [], tmp_path / "fresh", None, resume=True)
+    assert not started.stopped and started.model_path.is_file()
+    events: list[dict] = []
+    again = ablation.train_arm(cfg, cardiac.labeled, [], tmp_path / "fresh", events.append, resume=False)
+    assert again.model_path.is_file()
+    assert [e["overall_iteration"] for e in events if e["event"] == "progress"][0] == 1  # from the start
+
+
 def test_copy_paste_baseline_is_taught_on_labeled_images_mixed_with_their_ground_truth(cardiac, tmp_path, monkeypatch) -> None:
     trainer = _trainer(cardiac, tmp_path, mode="supervised", supervised_copy_paste=True,
                        geometric_augmentation=False, intensity_augmentation=False)

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import argparse
 import statistics
+from pathlib import Path
+from typing import Callable
 
 # fine-tuning only: pre-training neither from the budget nor from the cache
 NO_PRETRAINING = {"budget_warmup_fraction": 0.0, "budget_joint_fraction": 0.0, "pretrain_cache_iterations": 0}
@@ -63,6 +65,25 @@ def arm_config(base, arm: str, seed: int, overrides: dict, both: dict):
 
 def uses_unlabeled(arm: str) -> bool:
     return ARMS[arm][0] == "actionpp"
+
+
+# iterations between the arms' checkpoints: what a run killed outright (a session's or a lease's end)
+# loses; SIGTERM and Ctrl-C save one before stopping.  A checkpoint reads state and changes no figure.
+CHECKPOINT_EVERY = 50
+
+
+def train_arm(cfg, labeled: list, unlabeled: list, run_dir: Path, callback: Callable | None, resume: bool,
+              should_stop: Callable[[], bool] | None = None):
+    """Train one arm into ``run_dir`` (``training.train``'s result).  Without ``resume`` an earlier run
+    there is moved aside and the arm starts over.  With ``resume`` an arm that left a checkpoint
+    continues from it exactly (a finished one only exports its model again) and one that left none
+    starts, so one ``--resume`` finishes a table cut off anywhere."""
+    from ACTIONPlusPlusLib.training import train
+    from ACTIONPlusPlusLib.training.loop import CHECKPOINT_NAME
+
+    continues = resume and (Path(run_dir) / CHECKPOINT_NAME).is_file()
+    return train(cfg, labeled, unlabeled, run_dir, callback=callback, resume=continues, overwrite=not continues,
+                 should_stop=should_stop)
 
 
 def summary_lines(results: dict[str, list[float]], seeds: list[int]) -> list[str]:

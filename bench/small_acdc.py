@@ -37,11 +37,12 @@ from ACTIONPlusPlusLib.evaluation import evaluate_cases  # noqa: E402
 from ACTIONPlusPlusLib.metrics import format_table  # noqa: E402
 from ACTIONPlusPlusLib.model_io import load_model  # noqa: E402
 from ACTIONPlusPlusLib.models import build_network  # noqa: E402
-from ACTIONPlusPlusLib.training import train  # noqa: E402
+from ACTIONPlusPlusLib.cli import StopFlag  # noqa: E402
 from ACTIONPlusPlusLib.training.batches import BatchSource  # noqa: E402
 from ACTIONPlusPlusLib.training.checkpoint import load_checkpoint  # noqa: E402
 from ACTIONPlusPlusLib.training.export import export_network  # noqa: E402
-from ablation import ARMS, arm_config, arms_argument, headline_line, summary_lines, uses_unlabeled  # noqa: E402,F401
+from ablation import (ARMS, CHECKPOINT_EVERY, arm_config, arms_argument, headline_line, summary_lines,  # noqa: E402,F401
+                      train_arm, uses_unlabeled)
 
 
 def _other_weights_dice(run_dir: Path, cfg, val, labeled, unlabeled) -> tuple[str, float]:
@@ -95,6 +96,9 @@ def main() -> int:
     parser.add_argument("--other-weights", action="store_true",
                         help="also score the ACTION++ weights model.pt does not hold (student or teacher)")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "small_acdc")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue each arm from its checkpoint in --out (an arm cut off, e.g. by a lease's or a "
+                             "session's end); arms with none start, finished ones are scored again")
     args = parser.parse_args()
     if not args.data.is_dir():
         print(f"ACDC data not found at {args.data}", file=sys.stderr)
@@ -105,7 +109,7 @@ def main() -> int:
     both = dict(kv.split("=", 1) for kv in args.set_both)
     base = preset("acdc", patch_size=[args.size, args.size], budget_iterations=args.budget,
                   local_window=local, local_stride=local // 2, local_pool=min(8, local // 2),
-                  device=args.device, log_every=25, checkpoint_every=10**9)
+                  device=args.device, log_every=25, checkpoint_every=CHECKPOINT_EVERY)
     train_set = load_dataset(args.data, base, labeled=args.labeled, splits=("train",))
     val = load_dataset(args.data, base, splits=("val",)).val
     print(f"ACDC: {len(train_set.labeled)} labeled slices ({args.labeled} patients), {len(train_set.unlabeled)} "
@@ -113,14 +117,19 @@ def main() -> int:
           f"iterations each (phases {'+'.join(str(n) for n in (lambda l: (l.warmup, l.joint, l.finetune))(base.phase_lengths()))}), seeds {seeds}, torch {torch.__version__} on "
           f"{args.device}" + (f"; ACTION++ overrides {overrides}" if overrides else "") + (f"; both arms {both}" if both else ""), flush=True)
     results: dict[str, list[float]] = {arm: [] for arm in args.arms}
+    stop = StopFlag()  # SIGTERM / Ctrl-C: the arm saves a checkpoint, --resume continues it
     for seed in seeds:
         for arm in args.arms:
             run_cfg = arm_config(base, arm, seed, overrides, both)
             run_dir = args.out / f"seed{seed}" / arm
             started = time.perf_counter()
-            result = train(run_cfg, train_set.labeled, train_set.unlabeled if uses_unlabeled(arm) else [], run_dir,
-                           callback=progress_printer(arm), overwrite=True)
+            result = train_arm(run_cfg, train_set.labeled, train_set.unlabeled if uses_unlabeled(arm) else [],
+                               run_dir, progress_printer(arm), args.resume, stop)
             seconds = time.perf_counter() - started
+            if result.stopped:  # SIGTERM or Ctrl-C: the checkpoint is saved
+                print(f"stopped: seed {seed}, arm {arm} saved to {result.checkpoint_path}; rerun the same command "
+                      "with --resume to continue", file=sys.stderr, flush=True)
+                return 130
             model, model_cfg = load_model(result.model_path)
             evaluation = evaluate_cases(model, model_cfg, val)
             results[arm].append(evaluation.summary["mean"]["dice"])

@@ -32,8 +32,9 @@ from ACTIONPlusPlusLib.data.types import Case  # noqa: E402
 from ACTIONPlusPlusLib.evaluation import evaluate_cases  # noqa: E402
 from ACTIONPlusPlusLib.metrics import format_table  # noqa: E402
 from ACTIONPlusPlusLib.model_io import load_model  # noqa: E402
-from ACTIONPlusPlusLib.training import train  # noqa: E402
-from ablation import ARMS, arm_config, arms_argument, headline_line, summary_lines, uses_unlabeled  # noqa: E402
+from ACTIONPlusPlusLib.cli import StopFlag  # noqa: E402
+from ablation import (ARMS, CHECKPOINT_EVERY, arm_config, arms_argument, headline_line, summary_lines,  # noqa: E402
+                      train_arm, uses_unlabeled)
 from small_acdc import _other_weights_dice, progress_printer  # noqa: E402
 
 
@@ -55,7 +56,8 @@ def main() -> int:
                         help="comma-separated arms, or all (the ablation table): " + ", ".join(ARMS))
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "small_la")
     parser.add_argument("--resume", action="store_true",
-                        help="continue each arm from its checkpoint in --out (an arm cut off, e.g. by a lease's end)")
+                        help="continue each arm from its checkpoint in --out (an arm cut off, e.g. by a lease's or a "
+                             "session's end); arms with none start, finished ones are scored again")
     parser.add_argument("--other-weights", action="store_true",
                         help="also score the ACTION++ weights model.pt does not hold (the student), exported as "
                              "train() would export them (one more sliding-window evaluation)")
@@ -68,7 +70,7 @@ def main() -> int:
     overrides = dict(kv.split("=", 1) for kv in args.set)
     both = dict(kv.split("=", 1) for kv in args.set_both)
     base = preset("la", patch_size=patch, budget_iterations=args.budget, device=args.device, log_every=25,
-                  checkpoint_every=10**9)
+                  checkpoint_every=CHECKPOINT_EVERY)
     every = load_dataset(args.data, base, labeled=args.labeled + args.unlabeled + args.test, splits=("train",)).labeled
     needed = args.labeled + args.unlabeled + args.test
     if len(every) < needed:
@@ -83,14 +85,19 @@ def main() -> int:
           f"{lengths.finetune}), seeds {seeds}, torch {torch.__version__} on {args.device}"
           + (f"; ACTION++ overrides {overrides}" if overrides else "") + (f"; both arms {both}" if both else ""), flush=True)
     results: dict[str, list[float]] = {arm: [] for arm in args.arms}
+    stop = StopFlag()  # SIGTERM / Ctrl-C: the arm saves a checkpoint, --resume continues it
     for seed in seeds:
         for arm in args.arms:
             run_cfg = arm_config(base, arm, seed, overrides, both)
             run_dir = args.out / f"seed{seed}" / arm
             started = time.perf_counter()
-            result = train(run_cfg, labeled, unlabeled if uses_unlabeled(arm) else [], run_dir,
-                           callback=progress_printer(arm), resume=args.resume, overwrite=not args.resume)
+            result = train_arm(run_cfg, labeled, unlabeled if uses_unlabeled(arm) else [], run_dir,
+                               progress_printer(arm), args.resume, stop)
             seconds = time.perf_counter() - started
+            if result.stopped:  # SIGTERM or Ctrl-C: the checkpoint is saved
+                print(f"stopped: seed {seed}, arm {arm} saved to {result.checkpoint_path}; rerun the same command "
+                      "with --resume to continue", file=sys.stderr, flush=True)
+                return 130
             model, model_cfg = load_model(result.model_path)
             evaluation = evaluate_cases(model, model_cfg, test)
             results[arm].append(evaluation.summary["mean"]["dice"])
