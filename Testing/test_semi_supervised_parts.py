@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import itertools
 import sys
 from pathlib import Path
 
@@ -129,15 +130,6 @@ def test_the_table_lines_keep_the_last_line_as_it_was() -> None:
 
 
 # --- the fair baseline ------------------------------------------------------------------------------
-class _StopAfter:
-    def __init__(self, calls: int) -> None:
-        self.calls, self.limit = 0, calls
-
-    def __call__(self) -> bool:
-        self.calls += 1
-        return self.calls > self.limit
-
-
 def test_a_resumed_arm_continues_from_its_checkpoint_and_ends_as_an_uninterrupted_one(cardiac, tmp_path) -> None:
     """``--resume`` (bench/ablation.train_arm): an arm cut off continues from its checkpoint, not from
     the start, and ends with the weights of the run that was never stopped."""
@@ -145,7 +137,7 @@ def test_a_resumed_arm_continues_from_its_checkpoint_and_ends_as_an_uninterrupte
                               "pseudo", 1, {}, {})
     reference = ablation.train_arm(cfg, cardiac.labeled, cardiac.unlabeled, tmp_path / "a", None, resume=False)
     first = ablation.train_arm(cfg, cardiac.labeled, cardiac.unlabeled, tmp_path / "b", None, resume=False,
-                               should_stop=_StopAfter(6))
+                               should_stop=lambda polls=itertools.count(1): next(polls) > 6)
     assert first.stopped and first.model_path is None
     events: list[dict] = []
     resumed = ablation.train_arm(cfg, cardiac.labeled, cardiac.unlabeled, tmp_path / "b", events.append, resume=True)
