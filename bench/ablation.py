@@ -77,13 +77,20 @@ def train_arm(cfg, labeled: list, unlabeled: list, run_dir: Path, callback: Call
     """Train one arm into ``run_dir`` (``training.train``'s result).  Without ``resume`` an earlier run
     there is moved aside and the arm starts over.  With ``resume`` an arm that left a checkpoint
     continues from it exactly (a finished one only exports its model again) and one that left none
-    starts, so one ``--resume`` finishes a table cut off anywhere."""
+    starts, so one ``--resume`` finishes a table cut off anywhere.  A run ``should_stop`` stopped says
+    on stderr where its checkpoint is and how to continue."""
+    import sys
+
     from ACTIONPlusPlusLib.training import train
     from ACTIONPlusPlusLib.training.loop import CHECKPOINT_NAME
 
     continues = resume and (Path(run_dir) / CHECKPOINT_NAME).is_file()
-    return train(cfg, labeled, unlabeled, run_dir, callback=callback, resume=continues, overwrite=not continues,
-                 should_stop=should_stop)
+    result = train(cfg, labeled, unlabeled, run_dir, callback=callback, resume=continues, overwrite=not continues,
+                   should_stop=should_stop)
+    if result.stopped:
+        print(f"stopped: {run_dir} saved to {result.checkpoint_path}; rerun the same command with --resume to "
+              "continue", file=sys.stderr, flush=True)
+    return result
 
 
 def summary_lines(results: dict[str, list[float]], seeds: list[int]) -> list[str]:

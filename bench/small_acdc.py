@@ -126,9 +126,7 @@ def main() -> int:
             result = train_arm(run_cfg, train_set.labeled, train_set.unlabeled if uses_unlabeled(arm) else [],
                                run_dir, progress_printer(arm), args.resume, stop)
             seconds = time.perf_counter() - started
-            if result.stopped:  # SIGTERM or Ctrl-C: the checkpoint is saved
-                print(f"stopped: seed {seed}, arm {arm} saved to {result.checkpoint_path}; rerun the same command "
-                      "with --resume to continue", file=sys.stderr, flush=True)
+            if result.stopped:  # SIGTERM or Ctrl-C: the checkpoint is saved (train_arm said where)
                 return 130
             model, model_cfg = load_model(result.model_path)
             evaluation = evaluate_cases(model, model_cfg, val)
