@@ -48,8 +48,9 @@ has compile && step eager 60 $PY bench/train_step.py --device cuda --shape real 
 has compile && step compile 240 $PY bench/train_step.py --device cuda --shape real --presets acdc --phases finetune \
   --iterations 10 --rounds 2 --warm 5 --compile default
 # 2c. (STEPS=... panel_quick) the panel's quick training: ACDC at 256x256 (the preset's size), 600
-#    iterations, 3 patients, the ablation's arms at seed 1337 (no CPU here affords it: a 256x256 step
-#    is ~16 of the 64x64 quick budget's; ACDC_DATA, default ../shared/data/ACDC)
+#    iterations, 3 patients, the ablation's arms at seed 1337 (the CPU figures, three seeds, are in
+#    docs/BENCHMARKS.md: an ACTION++ arm there takes 30-60 min at one thread; ACDC_DATA, default
+#    ../shared/data/ACDC)
 has panel_quick && step panel_quick 400 $PY bench/small_acdc.py --data "${ACDC_DATA:-../shared/data/ACDC}" \
   --device cuda --size 256 --budget 600 --seeds 1337 --arms supervised,supervised_paste,paste_only,actionpp \
   --out /tmp/panel_quick
