@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -79,8 +80,6 @@ def train_arm(cfg, labeled: list, unlabeled: list, run_dir: Path, callback: Call
     continues from it exactly (a finished one only exports its model again) and one that left none
     starts, so one ``--resume`` finishes a table cut off anywhere.  A run ``should_stop`` stopped says
     on stderr where its checkpoint is and how to continue."""
-    import sys
-
     from ACTIONPlusPlusLib.training import train
     from ACTIONPlusPlusLib.training.loop import CHECKPOINT_NAME
 

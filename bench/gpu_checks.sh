@@ -49,7 +49,7 @@ has compile && step compile 240 $PY bench/train_step.py --device cuda --shape re
   --iterations 10 --rounds 2 --warm 5 --compile default
 # 2c. (STEPS=... panel_quick) the panel's quick training: ACDC at 256x256 (the preset's size), 600
 #    iterations, 3 patients, the ablation's arms at seed 1337 (the CPU figures, three seeds, are in
-#    docs/BENCHMARKS.md: an ACTION++ arm there takes 30-60 min at one thread; ACDC_DATA, default
+#    docs/BENCHMARKS.md: an ACTION++ arm there took 31-35 min at one thread; ACDC_DATA, default
 #    ../shared/data/ACDC)
 has panel_quick && step panel_quick 400 $PY bench/small_acdc.py --data "${ACDC_DATA:-../shared/data/ACDC}" \
   --device cuda --size 256 --budget 600 --seeds 1337 --arms supervised,supervised_paste,paste_only,actionpp \
