@@ -29,7 +29,6 @@ from pathlib import Path
 
 import pytest
 
-from ACTIONPlusPlusLib.config import preset
 from ACTIONPlusPlusLib.data import load_dataset
 from ACTIONPlusPlusLib.evaluation import evaluate_cases
 from ACTIONPlusPlusLib.model_io import load_model
@@ -37,6 +36,7 @@ from ACTIONPlusPlusLib.training import train
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import ablation  # noqa: E402
+from small_acdc import acdc_config  # noqa: E402
 
 SEEDS = (1337, 1)
 PER_SEED_MARGIN = 0.03
@@ -48,8 +48,7 @@ PASTE_TOLERANCE = 0.01
 
 @pytest.mark.slow
 def test_actionpp_beats_supervised_only_at_the_quick_budget(acdc_root, tmp_path) -> None:
-    base = preset("acdc", patch_size=[64, 64], budget_iterations=600, local_window=16, local_stride=8,
-                  local_pool=8, device="cpu", log_every=100, checkpoint_every=10**9)
+    base = acdc_config(64, budget_iterations=600, device="cpu", log_every=100, checkpoint_every=10**9)
     train_set = load_dataset(acdc_root, base, labeled=3, splits=("train",))
     val = load_dataset(acdc_root, base, splits=("val",)).val
     assert len(val) == 20 and train_set.unlabeled

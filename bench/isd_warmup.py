@@ -25,11 +25,12 @@ import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
 
-from ACTIONPlusPlusLib.config import preset  # noqa: E402
 from ACTIONPlusPlusLib.data import load_dataset  # noqa: E402
 from ACTIONPlusPlusLib.training.loop import Trainer  # noqa: E402
 from ACTIONPlusPlusLib.training.pretrain import ISDHeads  # noqa: E402
+from small_acdc import acdc_config  # noqa: E402
 
 STATS = ("loss", "top-1", "H teacher", "H student", "cos(student, teacher)")
 
@@ -61,21 +62,19 @@ class ProbedISDHeads(ISDHeads):
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "ACDC")
-    parser.add_argument("--labeled", type=int, default=3, help="labeled patients (the rest of train is unlabeled)")
-    parser.add_argument("--size", type=int, default=64, help="network input size")
     parser.add_argument("--iterations", type=int, default=1000, help="warm-up iterations")
     parser.add_argument("--every", type=int, default=100, help="print every this many iterations")
+    parser.add_argument("--size", type=int, default=64, help="network input size")
+    parser.add_argument("--labeled", type=int, default=3, help="labeled patients (the rest of train is unlabeled)")
     parser.add_argument("--seed", type=int, default=1337)
+    parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "ACDC")
     args = parser.parse_args()
     if not args.data.is_dir():
         print(f"ACDC data not found at {args.data}", file=sys.stderr)
         return 2
-    local = max(8, args.size // 4)  # as bench/small_acdc.py lays out the local windows
-    cfg = preset("acdc", patch_size=[args.size, args.size], budget_iterations=0, local_window=local,
-                 local_stride=local // 2, local_pool=min(8, local // 2), log_every=args.every,
-                 checkpoint_every=10 ** 9, mode="actionpp", seed=args.seed,
-                 pretrain_warmup_iterations=args.iterations, pretrain_joint_iterations=0, finetune_iterations=0)
+    cfg = acdc_config(args.size, budget_iterations=0, log_every=args.every, checkpoint_every=10 ** 9,
+                      mode="actionpp", seed=args.seed, pretrain_warmup_iterations=args.iterations,
+                      pretrain_joint_iterations=0, finetune_iterations=0)
     data = load_dataset(args.data, cfg, labeled=args.labeled, splits=("train",))
     print(f"ACDC: {len(data.labeled)} labeled and {len(data.unlabeled)} unlabeled slices, {args.size}x{args.size}, "
           f"{args.iterations} warm-up iterations, seed {args.seed}, queue {cfg.isd_queue_size} (chance top-1 "

@@ -57,6 +57,14 @@ def _other_weights_dice(run_dir: Path, cfg, val, labeled, unlabeled) -> tuple[st
     return other, evaluate_cases(model, cfg, val).summary["mean"]["dice"]
 
 
+def acdc_config(size: int, **settings):
+    """The ACDC preset at ``size`` x ``size``, its local windows (spec 5.3) scaled with the image: a
+    quarter of it (at least 8 pixels), half-overlapping, pooled to at most 8 cells."""
+    local = max(8, size // 4)
+    return preset("acdc", patch_size=[size, size], local_window=local, local_stride=local // 2,
+                  local_pool=min(8, local // 2), **settings)
+
+
 def progress_printer(name: str):
     """A training callback that prints one line every 100 iterations (stage, loss, s/it, pseudo-labels)."""
     def callback(event: dict) -> None:
@@ -104,12 +112,10 @@ def main() -> int:
         print(f"ACDC data not found at {args.data}", file=sys.stderr)
         return 2
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else [args.seed]
-    local = max(8, args.size // 4)
     overrides = dict(kv.split("=", 1) for kv in args.set)
     both = dict(kv.split("=", 1) for kv in args.set_both)
-    base = preset("acdc", patch_size=[args.size, args.size], budget_iterations=args.budget,
-                  local_window=local, local_stride=local // 2, local_pool=min(8, local // 2),
-                  device=args.device, log_every=25, checkpoint_every=CHECKPOINT_EVERY)
+    base = acdc_config(args.size, budget_iterations=args.budget, device=args.device, log_every=25,
+                       checkpoint_every=CHECKPOINT_EVERY)
     train_set = load_dataset(args.data, base, labeled=args.labeled, splits=("train",))
     val = load_dataset(args.data, base, splits=("val",)).val
     print(f"ACDC: {len(train_set.labeled)} labeled slices ({args.labeled} patients), {len(train_set.unlabeled)} "
