@@ -4,8 +4,9 @@
     .venv/bin/python bench/isd_warmup.py --size 128 --iterations 2000
 
 The warm-up distils the EMA teacher's similarities to a queue of its own past embeddings into the
-student (KL, teacher temperature 0.01, student 0.1).  Its loss alone says little (it has no floor of
-0), so every ``--every`` iterations this prints, averaged over those iterations: the loss; how often
+student (KL, teacher temperature 0.01, student 0.1).  Its loss alone says little: the target sharpens
+as the teacher learns, so the loss can stay flat while the student learns.  Every ``--every``
+iterations this prints, averaged over those iterations: the loss; how often
 the student's most similar queue entry is the teacher's (``top-1``; chance is 1 / queue size); the
 teacher's and the student's entropies over the queue in nats (uniform = ln(queue size)); and the cosine
 between the student's prediction and the teacher's embedding of the same image.  A warm-up that
