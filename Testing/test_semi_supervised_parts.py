@@ -23,6 +23,7 @@ from ACTIONPlusPlusLib.config import preset
 from ACTIONPlusPlusLib.data.phantoms import cardiac_phantom_dataset
 from ACTIONPlusPlusLib.losses.supervised import supervised_loss
 from ACTIONPlusPlusLib.training import augment, finetune
+from ACTIONPlusPlusLib.training.components import keep_largest_components
 from ACTIONPlusPlusLib.training.finetune import FinetuneStep, SupervisedStep, view_agreement
 from ACTIONPlusPlusLib.training.loop import Trainer, train
 
@@ -281,3 +282,63 @@ def test_a_reliable_teacher_teaches_every_class_at_its_pseudo_label_share(cardia
     for c in range(1, 4):
         assert pseudo[c] > 0.01, pseudo  # the teacher labels every class
         assert taught[c] > 0.5 * pseudo[c], (c, taught.tolist(), pseudo.tolist())
+
+
+# --- the pseudo-labels' connected-component clean-up ------------------------------------------------
+def test_keep_largest_components_drops_each_class_fragments_to_background() -> None:
+    labels = torch.zeros(2, 12, 12, dtype=torch.long)
+    labels[0, 1:5, 1:5] = 1  # the structure
+    labels[0, 9:11, 9:11] = 1  # a stray fragment of the same class
+    labels[0, 6:8, 1:3] = 2  # a second class: one region, kept
+    labels[0, 5, 5] = 1  # touches the structure only diagonally: joined (full connectivity)
+    labels[1, 0, 0] = -1  # ignored pixels stay ignored
+    labels[1, 2:4, 2:4] = 2
+    labels[1, 8:10, 8:10] = 2  # two equal regions: the first in scan order stays
+    cleaned = keep_largest_components(labels, num_classes=3)
+    expected = labels.clone()
+    expected[0, 9:11, 9:11] = 0
+    expected[1, 8:10, 8:10] = 0
+    assert torch.equal(cleaned, expected) and cleaned.dtype == labels.dtype
+    volume = torch.zeros(1, 6, 6, 6, dtype=torch.long)  # 3D: regions connect through the depth too
+    volume[0, 0:2, 0:2, 0:2] = 1
+    volume[0, 2, 2, 2] = 1  # a corner neighbour of the block
+    volume[0, 5, 5, 5] = 1
+    cleaned = keep_largest_components(volume, num_classes=2)
+    assert cleaned[0, 2, 2, 2] == 1 and cleaned[0, 5, 5, 5] == 0 and cleaned.sum() == 9
+
+
+@pytest.mark.parametrize("clean", [True, False])
+def test_the_teachers_stray_fragments_are_taught_as_background(cardiac, tmp_path, monkeypatch, clean) -> None:
+    """Where the trainer teaches: a teacher whose map holds a blob of class 1 and a stray fragment of it.
+    With ``pseudo_largest_component`` the fragment's pixels that the strong view keeps from the
+    unlabeled image are taught as background and the blob as class 1; without it, as class 1.  Shown
+    failing with the clean-up skipped (the fragment taught as class 1)."""
+    trainer = _trainer(cardiac, tmp_path, pseudo_largest_component=clean, intensity_augmentation=False)
+    real_pseudo = trainer.ft.pseudo_labels
+
+    def crafted(cfg, prob_t, y_l):
+        real_pseudo(cfg, prob_t, y_l)  # keeps the running statistics as in training
+        pseudo = torch.zeros(prob_t.shape[0], *prob_t.shape[2:], dtype=torch.long)
+        pseudo[:, 2:14, 2:14] = 1  # 144 pixels
+        pseudo[:, 24:30, 24:30] = 1  # 36 pixels, apart from the blob
+        return pseudo, torch.full(pseudo.shape, 0.99), torch.full((cfg.num_classes,), 0.95)
+
+    monkeypatch.setattr(trainer.ft, "pseudo_labels", crafted)
+    taught: list[tuple[torch.Tensor, torch.Tensor]] = []
+    real_loss = finetune.masked_pseudo_label_loss
+
+    def spy(logits, pseudo, mask):
+        taught.append((pseudo.clone(), mask.clone()))
+        return real_loss(logits, pseudo, mask)
+
+    monkeypatch.setattr(finetune, "masked_pseudo_label_loss", spy)
+    step = FinetuneStep(trainer.cfg, trainer.student, trainer.teacher, trainer.ft)
+    step(trainer.batches, trainer.host_gen, trainer.dev_gen, 0.5, trainer.autocast, 1.0)
+    pseudo, mask = taught[0]  # the first call: the teacher's pixels (the second: the pasted ones)
+    fragment = torch.zeros_like(mask)
+    fragment[:, 24:30, 24:30] = True
+    blob = torch.zeros_like(mask)
+    blob[:, 2:14, 2:14] = True
+    assert (fragment & mask).any() and (blob & mask).any()  # both partly kept from the unlabeled image
+    assert torch.all(pseudo[fragment & mask] == (0 if clean else 1))
+    assert torch.all(pseudo[blob & mask] == 1)

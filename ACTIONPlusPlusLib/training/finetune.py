@@ -32,6 +32,7 @@ from ..losses.unsupervised import balanced_mask, masked_pseudo_label_loss, pseud
 from ..models.heads import RepresentationHead, pixel_taps
 from ..schedules import ema_update
 from . import augment
+from .components import keep_largest_components
 
 
 class FinetuneHeads(nn.Module):
@@ -227,6 +228,8 @@ class FinetuneStep:
         if mirror and cfg.teacher_mirror_view:  # pseudo-labels from both views (test-time augmentation)
             prob_t = 0.5 * (prob_t + prob_m)
         pseudo, conf, thresholds = heads.pseudo_labels(cfg, prob_t, y_l)
+        if cfg.pseudo_largest_component:  # before mixing: the regions are the unlabeled image's own
+            pseudo = keep_largest_components(pseudo, cfg.num_classes)
         teacher_labels = pseudo
         if cfg.reliability_gate:  # after pseudo_labels: its first call marks the running statistics ready
             gate = heads.update_reliability(cfg, value)
