@@ -194,16 +194,16 @@ class Config:
     # ones), and matching them exactly relabeled RV as LV (docs/DESIGN.md).  1.0 = match them exactly (the
     # first implementation; the 3D preset keeps it, not measured there)
     alignment_tolerance: float = 2.0
-    # every foreground class of a pseudo-label map cut to its largest connected region per image, the
-    # rest relabelled background (training/components.py, as BCP does): the teacher's stray fragments
-    # are not taught back to it.  Off: on ACDC it corrected the pseudo-labels' RV share but not the
-    # Dice (docs/DESIGN.md)
-    pseudo_largest_component: bool = False
     alignment_max_offset: float = 5.0
     # the pseudo-label shares the alignment compares with the labeled ones: a running mean with this
     # momentum (0 = each batch's own shares, the first implementation)
     alignment_momentum: float = 0.0
     class_stats_momentum: float = 0.99  # EMA of the class priors and confidences above
+    # every foreground class of a pseudo-label map cut to its largest connected region per image, the
+    # rest relabelled background (training/components.py, as BCP does): the teacher's stray fragments
+    # are not taught back to it.  Off: on ACDC it corrected the pseudo-labels' RV share but not the
+    # Dice (docs/DESIGN.md)
+    pseudo_largest_component: bool = False
     # scale the pseudo-label and AnCo terms by the teacher's foreground Dice on the labeled batch (EMA
     # with reliability_momentum): an unreliable teacher does not teach
     reliability_gate: bool = True

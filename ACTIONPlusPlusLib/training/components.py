@@ -6,8 +6,8 @@ region are mostly the teacher's false positives: at 256x256 / 600 iterations 21 
 model's predicted RV lay outside the largest RV region of its slice, and 17 % of those pixels were
 RV.  Relabelled background, such fragments are not taught back to the teacher that made them.
 Bidirectional copy-paste (BCP, Bai et al., CVPR 2023) cleans its pseudo-labels the same way.
-Off by default: on ACDC it brought the pseudo-labels' class shares to the unlabeled slices' true
-ones but did not raise the Dice (docs/DESIGN.md).
+Off by default: on ACDC it brought the pseudo-labels' RV share down to the unlabeled slices' true
+one but did not raise the Dice (docs/DESIGN.md).
 
 The labelling runs in SciPy on the host: one copy of the (B, *S) label map a step, small next to the
 forward passes.  Full connectivity (diagonal neighbours join), so a thin structure is not cut apart.
