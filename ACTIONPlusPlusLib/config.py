@@ -111,6 +111,11 @@ class Config:
     weight_global: float = 1.0
     weight_local: float = 1.0
     local_intended_reshape: bool = True  # D9
+    # dense term of pre-training (losses/dense.py; not in the paper): region InfoNCE between the student
+    # and the teacher's rot90/flip view over the last decoder features, regions of local_stride pixels.
+    # 0 = off (the paper's pre-training)
+    weight_dense: float = 0.0
+    dense_temperature: float = 0.2
 
     # --- ATS, Eq. 6 (D2, D3) ----------------------------------------------------------------------
     tau_min: float = 0.1
@@ -337,6 +342,10 @@ class Config:
         if int(self.pretrain_cache_iterations) < -1:
             raise ValueError(f"pretrain_cache_iterations must be -1 (automatic), 0 (off) or a number of iterations, "
                              f"got {self.pretrain_cache_iterations}")
+        if float(self.weight_dense) < 0:
+            raise ValueError(f"weight_dense must be 0 (off) or positive, got {self.weight_dense}")
+        if float(self.dense_temperature) <= 0:
+            raise ValueError(f"dense_temperature must be positive, got {self.dense_temperature}")
         if not 0.0 <= float(self.pretrain_cache_joint_share) <= 1.0:
             raise ValueError(f"pretrain_cache_joint_share must be between 0 and 1, got {self.pretrain_cache_joint_share}")
         if self.pretrain_transfer not in ("network", "encoder"):

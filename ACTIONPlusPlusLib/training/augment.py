@@ -184,3 +184,27 @@ def mix_pair(image: torch.Tensor, labels: torch.Tensor, conf: torch.Tensor, part
     mixed_labels = torch.where(from_partner, partner_labels[index], labels)
     mixed_conf = torch.where(from_partner, torch.ones_like(conf), conf)
     return mixed, mixed_labels, mixed_conf, from_partner
+
+
+def random_dihedral(n: int, spatial: tuple[int, ...], gen: torch.Generator) -> list[tuple[int, tuple[int, ...]]]:
+    """Per sample, an exactly invertible grid transform: a rot90 in the first two spatial axes (only
+    when they are equal in size) and a flip of each spatial axis with p = 0.5.  Drawn on ``gen`` (host)."""
+    square = len(spatial) >= 2 and spatial[0] == spatial[1]
+    turns = torch.randint(0, 4 if square else 1, (n,), generator=gen).tolist()
+    flips = (torch.rand(n, len(spatial), generator=gen) < 0.5).tolist()
+    return [(k, tuple(axis for axis, f in enumerate(row) if f)) for k, row in zip(turns, flips)]
+
+
+def apply_dihedral(x: torch.Tensor, transforms: list[tuple[int, tuple[int, ...]]], inverse: bool = False) -> torch.Tensor:
+    """Apply (or undo) :func:`random_dihedral`'s transforms to (N, C, *spatial), one per sample."""
+    out = []
+    for sample, (k, flips) in zip(x, transforms):
+        dims = tuple(1 + axis for axis in flips)  # spatial axis -> axis of the (C, *spatial) sample
+        if not inverse:
+            sample = torch.rot90(sample, k, dims=(1, 2)) if k else sample
+            sample = torch.flip(sample, dims) if dims else sample
+        else:
+            sample = torch.flip(sample, dims) if dims else sample
+            sample = torch.rot90(sample, -k, dims=(1, 2)) if k else sample
+        out.append(sample)
+    return torch.stack(out)

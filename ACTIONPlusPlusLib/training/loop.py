@@ -96,7 +96,8 @@ class Trainer:
         if cfg.sync_batchnorm and dist_utils.is_distributed() and self.device.type == "cuda":  # no CPU kernel
             self.student = nn.SyncBatchNorm.convert_sync_batchnorm(self.student)
         self.teacher = copy.deepcopy(self.student).requires_grad_(False)
-        self.isd = ISDHeads(cfg, self.student.latent_channels).to(self.device)
+        self.isd = ISDHeads(cfg, self.student.latent_channels,
+                            feature_channels=self.student.feature_channels[-1]).to(self.device)
         self.ft = FinetuneHeads(cfg, self.student.feature_channels).to(self.device)
         self.batches = BatchSource(cfg, labeled, unlabeled, self.device)
         self.phases = phases_for(cfg)

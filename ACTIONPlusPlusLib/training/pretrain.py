@@ -1,5 +1,6 @@
 """Stage 1, pre-training: global and local instance discrimination (Eq. 1) between the student and its
 EMA teacher against memory queues, plus the supervised loss in the joint phase (spec 5, decision D1).
+With ``weight_dense`` > 0 a dense term (losses/dense.py, not in the paper) joins both phases.
 
 Deviation from the authors' code, kept deliberately: the teacher-side heads (k_lat, k_loc) are EMA
 copies of the student projectors and the whole teacher branch runs without gradient (MoCo/ISD
@@ -15,6 +16,7 @@ import torch
 from torch import nn
 
 from ..distributed import all_gather_cat
+from ..losses.dense import region_infonce, region_rows
 from ..losses.instance import FeatureQueue, kl_distill, similarity_logits
 from ..losses.supervised import supervised_loss
 from ..models.heads import GlobalProjector, LocalHead, LocalWindows, Predictor
@@ -22,12 +24,36 @@ from ..schedules import ema_update
 from . import augment
 
 
-class ISDHeads(nn.Module):
-    """Projectors/predictors of both branches and the two memory queues (the paper's mined views)."""
+class RegionProjector(nn.Module):
+    """Linear -> ReLU -> Linear over region rows (M, C); the dense term's projector and predictor."""
 
-    def __init__(self, cfg, latent_channels: int, generator: torch.Generator | None = None) -> None:
+    def __init__(self, cin: int, dim: int) -> None:
+        super().__init__()
+        self.fc = nn.Sequential(nn.Linear(cin, dim), nn.ReLU(inplace=True), nn.Linear(dim, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x)
+
+
+class ISDHeads(nn.Module):
+    """Projectors/predictors of both branches and the two memory queues (the paper's mined views), and
+    with ``weight_dense`` > 0 the dense term's heads over the network's last decoder features."""
+
+    def __init__(self, cfg, latent_channels: int, generator: torch.Generator | None = None,
+                 feature_channels: int = 0) -> None:
         super().__init__()
         c = cfg.num_classes
+        self.dense = float(cfg.weight_dense) > 0
+        if self.dense:  # only then: the default's state dict (and every checkpoint) stays as it was
+            if feature_channels <= 0:
+                raise ValueError("weight_dense > 0 needs the network's last feature channels")
+            self.q_dense = RegionProjector(feature_channels, cfg.representation_dim)
+            self.pred_dense = RegionProjector(cfg.representation_dim, cfg.representation_dim)
+            self.k_dense = copy.deepcopy(self.q_dense).requires_grad_(False)
+            strides = [cfg.local_stride] * cfg.dim
+            if cfg.dim == 3 and cfg.local_stride_depth:
+                strides[2] = cfg.local_stride_depth
+            self.cells = tuple(max(1, min(s, p)) for s, p in zip(strides, cfg.patch_size))
         self.q_lat = GlobalProjector(latent_channels, cfg.latent_dim)
         self.pred_lat = Predictor(cfg.latent_dim)
         self.q_loc = LocalHead(cfg.dim, c, 2 * c)
@@ -44,12 +70,24 @@ class ISDHeads(nn.Module):
         self.intended_reshape = cfg.local_intended_reshape
 
     def student_parameters(self) -> list[nn.Parameter]:
-        return [p for m in (self.q_lat, self.pred_lat, self.q_loc, self.pred_loc) for p in m.parameters()]
+        heads = [self.q_lat, self.pred_lat, self.q_loc, self.pred_loc]
+        if self.dense:
+            heads += [self.q_dense, self.pred_dense]
+        return [p for m in heads for p in m.parameters()]
 
     @torch.no_grad()
     def ema(self, decay: float) -> None:
         ema_update(self.k_lat, self.q_lat, decay)
         ema_update(self.k_loc, self.q_loc, decay)
+        if self.dense:
+            ema_update(self.k_dense, self.q_dense, decay)
+
+    def dense_loss(self, student_features: torch.Tensor, teacher_features: torch.Tensor, tau: float) -> torch.Tensor:
+        """Region InfoNCE (losses/dense.py) between aligned student and teacher feature maps."""
+        q = self.pred_dense(self.q_dense(region_rows(student_features.float(), self.cells)))
+        with torch.no_grad():
+            k = self.k_dense(region_rows(teacher_features.float(), self.cells))
+        return region_infonce(q, k, tau)
 
     def _rows(self, z: torch.Tensor) -> torch.Tensor:
         """(N, P, F) -> rows of the local similarity matrix (D9: one row per (sample, feature))."""
@@ -100,12 +138,22 @@ class PretrainStep:
             x_t = augment.gaussian_blur(augment.jitter(x, cfg.jitter_strength, dev_gen), dev_gen)
         else:
             x_s = x_t = x
+        dense = self.heads.dense
+        if dense:  # the teacher sees a rot90/flip of its view; its maps are turned back to the student's grid
+            turns = augment.random_dihedral(len(x), tuple(x.shape[2:]), host_gen)
+            x_t = augment.apply_dihedral(x_t, turns)
         with autocast():
             out_s = self.student(x_s)
             with torch.no_grad():
                 out_t = self.teacher(x_t)
+        if dense:
+            back = augment.apply_dihedral(out_t.features[-1], turns, inverse=True)
+            out_t = out_t._replace(logits=augment.apply_dihedral(out_t.logits, turns, inverse=True))
         losses = self.heads.losses(out_s, out_t, tau_s, tau_t, use_local=joint)
         total = cfg.weight_global * losses["global"]
+        if dense:
+            losses["dense"] = self.heads.dense_loss(out_s.features[-1], back, cfg.dense_temperature)
+            total = total + cfg.weight_dense * losses["dense"]
         if joint:
             losses["sup"] = supervised_loss(out_s.logits[: len(x_l)], y_l)
             total = total + cfg.weight_local * losses["local"] + losses["sup"]

@@ -43,7 +43,7 @@ PRETRAIN_KEYS = (
     "local_stride_depth", "isd_queue_size", "warmup_tau_student", "warmup_tau_teacher", "weight_global",
     "weight_local", "local_intended_reshape", "tau_min", "tau_max", "ats_periods", "geometric_augmentation",
     "intensity_augmentation", "jitter_strength", "grad_clip", "seed", "amp", "cpu_bf16", "pretrain_cache_iterations",
-    "pretrain_cache_joint_share",
+    "pretrain_cache_joint_share", "weight_dense", "dense_temperature", "representation_dim",
 )
 
 ENTRY_FORMAT = "actionpp-pretrained"
