@@ -113,7 +113,8 @@ class Config:
     local_intended_reshape: bool = True  # D9
     # dense term of pre-training (losses/dense.py; not in the paper): region InfoNCE between the student
     # and the teacher's rot90/flip view over the last decoder features, regions of local_stride pixels.
-    # 0 = off (the paper's pre-training)
+    # 0 = off (the paper's pre-training).  At the quick budget (300 cached iterations, six seeds) it took
+    # 0.69 from what the joint phase's labels alone give (docs/DESIGN.md), so it stays off
     weight_dense: float = 0.0
     dense_temperature: float = 0.2
 

@@ -104,7 +104,7 @@ PAPER_PROTOCOL = [
     (BOTH, "reliability_source", "agreement", "product default: the gate reads the teacher's agreement with its mirror view of the unlabeled images, not its Dice on the labeled batch it has fitted (docs/DESIGN.md)"),
     (BOTH, "teacher_mirror_view", True, "product default: pseudo-labels from the mean of the teacher's two views (docs/DESIGN.md)"),
     (BOTH, "pseudo_largest_component", False, "not in the paper: off; cutting each class of the pseudo-labels to its largest region measured no gain on ACDC (docs/DESIGN.md)"),
-    (BOTH, "weight_dense", 0.0, "not in the paper: the dense pre-training term is off by default (docs/DESIGN.md)"),
+    (BOTH, "weight_dense", 0.0, "not in the paper: off; the dense pre-training term lowered the cached pre-training at the quick budget, six seeds (docs/DESIGN.md)"),
     (BOTH, "supervised_copy_paste", False, "the supervised-only baseline is plain unless asked for (--supervised-only copy-paste)"),
     ("acdc", "cpu_bf16", False, "CPU training in fp32 for the 2D U-Net: bf16 gained 0-13 % on whole runs, margins lower on every ACDC budget (docs/DESIGN.md)"),
     ("la", "cpu_bf16", True, "CPU training in bf16 for the V-Net where the processor has bf16: LA 1.7x faster, no measured loss (docs/DESIGN.md)"),

@@ -74,6 +74,8 @@ def progress_printer(name: str):
             return
         line = (f"  [{name}] {event['phase']} {event['overall_iteration']}/{event['overall_total']} "
                 f"loss {event['loss']:.3f} {event['seconds_per_iteration']:.2f} s/it")
+        if event["phase"] in ("warmup", "joint"):  # pre-training: each term (global, local, dense, sup)
+            line += " (" + " ".join(f"{k} {v:.3f}" for k, v in event.get("losses", {}).items() if k != "total") + ")"
         pl = event.get("pseudo_labels")
         if pl:
             line += (" | pseudo " + " ".join(f"{k}:{100 * v:.1f}" for k, v in pl["pseudo_fraction"].items())
