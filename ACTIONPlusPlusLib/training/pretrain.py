@@ -50,10 +50,6 @@ class ISDHeads(nn.Module):
             self.q_dense = RegionProjector(feature_channels, cfg.representation_dim)
             self.pred_dense = RegionProjector(cfg.representation_dim, cfg.representation_dim)
             self.k_dense = copy.deepcopy(self.q_dense).requires_grad_(False)
-            strides = [cfg.local_stride] * cfg.dim
-            if cfg.dim == 3 and cfg.local_stride_depth:
-                strides[2] = cfg.local_stride_depth
-            self.cells = tuple(max(1, min(s, p)) for s, p in zip(strides, cfg.patch_size))
         self.q_lat = GlobalProjector(latent_channels, cfg.latent_dim)
         self.pred_lat = Predictor(cfg.latent_dim)
         self.q_loc = LocalHead(cfg.dim, c, 2 * c)
@@ -68,6 +64,8 @@ class ISDHeads(nn.Module):
         self.lat_queue = FeatureQueue(cfg.isd_queue_size, cfg.latent_dim, generator=generator)
         self.loc_queue = FeatureQueue(cfg.isd_queue_size, (self.num_windows, self.local_features), generator=generator)
         self.intended_reshape = cfg.local_intended_reshape
+        if self.dense:  # regions of the local windows' stride (its depth fallback included), within the patch
+            self.cells = tuple(max(1, min(s, p)) for s, p in zip(self.windows.strides, cfg.patch_size))
 
     def student_parameters(self) -> list[nn.Parameter]:
         heads = [self.q_lat, self.pred_lat, self.q_loc, self.pred_loc]
