@@ -7,19 +7,21 @@ configuration of ``bench/small_acdc.py``), two seeds, three arms of the ablation
 the pseudo-label, AnCo and SAACL weights at 0: labeled ground truth pasted into unlabeled images).
 Same labeled slices, iterations, seed and network; scored on the 20 validation volumes.
 
-Margins, from the measurements. This test's own runs (two threads, 2026-12-06, the ACDC weights of
-AnCo and SAACL at 0.1): ACTION++ 61.68 / 62.60, paste-only 59.26, supervised-only 49.85 / 52.38 at
-seeds 1337 / 1.  One thread (``bench/small_acdc.py --arms all --seeds 1337,1,2,3,4,5``,
-docs/BENCHMARKS.md): ACTION++ ahead of paste-only on six seeds of six, by 1.25 to 4.35 (+2.60 at 1337),
-and of supervised-only by 7.48 or more.  The test asks for +3 per seed and +5 on the mean over
-supervised-only (the spec's configuration, 9.30 against 40.86 at seed 1337, fails it by far); at seed
-1337 for paste-only +3 over supervised-only (the copy-paste with unlabeled images works) and for
-ACTION++ at most 1 point under paste-only: its own parts (pseudo-labels, AnCo, SAACL) add 1.3-4.4
-points there, but rounding alone moves one run 2-3 points (one thread against two), so the test does
-not ask for their whole gain.  A term that teaches wrong labels (a collapsed teacher, pseudo-labels
-from the student) costs far more and fails it; the old weights of 0.01, which added nothing on the
-mean, do not reliably (2.4 under paste-only at this seed at one thread, 1.7 above at two).  About 15
-minutes on two cores (an AMD EPYC without AVX-512).
+Margins, from the measurements. This test's own runs (two threads) on two CPUs: an AMD EPYC without
+AVX-512 (2026-12-06): ACTION++ 61.68 / 62.60, paste-only 59.26 (seed 1337), supervised-only 49.85 /
+52.38 at seeds 1337 / 1; this project's AMD EPYC with AVX-512 (2026-12-07, the same configuration as
+``OMP_NUM_THREADS=2 bench/small_acdc.py --arms all --seeds 1337,1,2``): ACTION++ 60.66 / 61.95,
+paste-only 61.63 / 59.49, supervised-only 49.68 / 53.82.  So one seed of paste-only read 2.42 below
+ACTION++ on one CPU and 0.97 above it on the other: rounding alone moves one run 2-3 points at this
+budget, and a check on one seed sat at the edge of its tolerance.  The paste-only checks therefore use
+the mean over both seeds (+0.75 for ACTION++ on the second CPU; over three to nine seeds
+docs/BENCHMARKS.md has it ahead by 1.7 to 2.1).  The test asks for +3 per seed and +5 on the mean over
+supervised-only (the spec's configuration, 9.30 against 40.86 at seed 1337, fails it by far); for
+paste-only +3 over supervised-only on the mean (the copy-paste with unlabeled images works) and for
+ACTION++ at most 1 point under paste-only on the mean: its own parts (pseudo-labels, AnCo, SAACL) add
+1.7-2.1 points on many-seed means, but the test does not ask for their whole gain.  A term that teaches
+wrong labels (a collapsed teacher, pseudo-labels from the student) costs far more and fails it.  About
+11 minutes on two cores with AVX-512, 20 without.
 """
 
 from __future__ import annotations
@@ -41,7 +43,6 @@ from small_acdc import acdc_config  # noqa: E402
 SEEDS = (1337, 1)
 PER_SEED_MARGIN = 0.03
 MEAN_MARGIN = 0.05
-PASTE_SEEDS = (1337,)  # paste-only at one seed: each quick ACTION++ arm is ~4.5 min of CI on two cores
 PASTE_MARGIN = 0.03
 PASTE_TOLERANCE = 0.01
 
@@ -55,8 +56,6 @@ def test_actionpp_beats_supervised_only_at_the_quick_budget(acdc_root, tmp_path)
     dice: dict[str, list[float]] = {"actionpp": [], "supervised": [], "paste_only": []}
     for seed in SEEDS:
         for arm in dice:
-            if arm == "paste_only" and seed not in PASTE_SEEDS:
-                continue
             cfg = ablation.arm_config(base, arm, seed, {}, {})
             result = train(cfg, train_set.labeled, train_set.unlabeled if ablation.uses_unlabeled(arm) else [],
                            tmp_path / f"{seed}-{arm}")
@@ -68,6 +67,5 @@ def test_actionpp_beats_supervised_only_at_the_quick_budget(acdc_root, tmp_path)
         assert ours >= theirs + PER_SEED_MARGIN, report
     mean = {arm: sum(values) / len(values) for arm, values in dice.items()}
     assert mean["actionpp"] >= mean["supervised"] + MEAN_MARGIN, report
-    first = {arm: values[0] for arm, values in dice.items()}  # the paste-only seed
-    assert first["paste_only"] >= first["supervised"] + PASTE_MARGIN, report
-    assert first["actionpp"] >= first["paste_only"] - PASTE_TOLERANCE, report
+    assert mean["paste_only"] >= mean["supervised"] + PASTE_MARGIN, report
+    assert mean["actionpp"] >= mean["paste_only"] - PASTE_TOLERANCE, report
